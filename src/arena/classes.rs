@@ -1,0 +1,217 @@
+//! Size classes: which chunk size serves a request, and how a slab of each
+//! class is laid out.
+//!
+//! Classes run from 16 to 2048 bytes. Every size is a multiple of 16, and a
+//! chunk's address is a multiple of the largest power of two dividing its
+//! size, because slabs start on a page boundary. A request goes to the
+//! smallest class that is large enough *and* whose size is a multiple of the
+//! requested alignment. Larger requests, or alignments above 2048, are served
+//! as runs of whole pages.
+
+/// The arena's page: the unit of slabs and runs. Independent of the OS page
+/// size, which only decides mapping granularity and guard pages.
+pub(crate) const PAGE: usize = 4096;
+
+/// Number of size classes.
+pub const CLASS_COUNT: usize = 24;
+
+/// Chunk size of each class, in bytes.
+pub(crate) const CLASS_SIZES: [u32; CLASS_COUNT] = [
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
+    1280, 1536, 1792, 2048,
+];
+
+/// Largest size served from a class; anything above is a page run.
+pub(crate) const MAX_CLASS_SIZE: usize = 2048;
+
+/// Bitmap words per slab: at most 256 chunks in one slab.
+pub(crate) const WORDS: usize = 4;
+const MAX_CHUNKS: usize = WORDS * 64;
+const MAX_SLAB_PAGES: usize = 8;
+
+/// The geometry of one class.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClassInfo {
+    /// Chunk size in bytes.
+    pub size: u32,
+    /// Pages in one slab.
+    pub pages: u32,
+    /// Chunks in one slab (≤ 256).
+    pub chunks: u32,
+    /// `ceil(2^32 / size)`: `(offset * recip) >> 32 == offset / size` for
+    /// every offset inside a slab (offset < 2^15, size < 2^17).
+    pub recip: u64,
+    /// Bitmap value of an empty slab: bits of chunks that do not exist are
+    /// set, so they are never handed out.
+    pub empty: [u64; WORDS],
+}
+
+/// Picks the fewest pages (1 to 8) whose slab wastes at most 1/16 of itself.
+const fn slab_pages(size: usize) -> usize {
+    let mut pages = 1;
+    let mut best = 1;
+    let mut best_waste_ratio = usize::MAX; // waste * 1024 / slab bytes
+    while pages <= MAX_SLAB_PAGES {
+        let bytes = pages * PAGE;
+        let mut chunks = bytes / size;
+        if chunks > MAX_CHUNKS {
+            chunks = MAX_CHUNKS;
+        }
+        let waste = bytes - chunks * size;
+        if waste * 16 <= bytes {
+            return pages;
+        }
+        let ratio = waste * 1024 / bytes;
+        if ratio < best_waste_ratio {
+            best_waste_ratio = ratio;
+            best = pages;
+        }
+        pages += 1;
+    }
+    best
+}
+
+const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
+    let mut out = [ClassInfo {
+        size: 0,
+        pages: 0,
+        chunks: 0,
+        recip: 0,
+        empty: [0; WORDS],
+    }; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        let size = CLASS_SIZES[c] as usize;
+        let pages = slab_pages(size);
+        let mut chunks = pages * PAGE / size;
+        if chunks > MAX_CHUNKS {
+            chunks = MAX_CHUNKS;
+        }
+        let mut empty = [0u64; WORDS];
+        let mut w = 0;
+        while w < WORDS {
+            let first = w * 64;
+            empty[w] = if first >= chunks {
+                u64::MAX
+            } else if chunks - first >= 64 {
+                0
+            } else {
+                u64::MAX << (chunks - first)
+            };
+            w += 1;
+        }
+        out[c] = ClassInfo {
+            size: size as u32,
+            pages: pages as u32,
+            chunks: chunks as u32,
+            recip: (1u64 << 32).div_ceil(size as u64),
+            empty,
+        };
+        c += 1;
+    }
+    out
+}
+
+/// Geometry of every class.
+pub(crate) static CLASSES: [ClassInfo; CLASS_COUNT] = build_classes();
+
+const fn build_lookup() -> [u8; MAX_CLASS_SIZE / 16] {
+    let mut table = [0u8; MAX_CLASS_SIZE / 16];
+    let mut i = 0;
+    let mut c = 0;
+    while i < table.len() {
+        let size = (i + 1) * 16;
+        while (CLASS_SIZES[c] as usize) < size {
+            c += 1;
+        }
+        table[i] = c as u8;
+        i += 1;
+    }
+    table
+}
+
+/// `LOOKUP[(size - 1) / 16]` is the smallest class of at least `size` bytes.
+static LOOKUP: [u8; MAX_CLASS_SIZE / 16] = build_lookup();
+
+/// The class for a request, or `None` if it must be a page run.
+#[inline]
+pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    if size > MAX_CLASS_SIZE || align > MAX_CLASS_SIZE {
+        return None;
+    }
+    let mut c = LOOKUP[size.saturating_sub(1) / 16] as usize;
+    if align > 16 {
+        while CLASS_SIZES[c] as usize % align != 0 {
+            c += 1;
+            if c == CLASS_COUNT {
+                return None;
+            }
+        }
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_fits_its_bitmap_and_slab() {
+        for (c, info) in CLASSES.iter().enumerate() {
+            assert!(info.chunks as usize <= MAX_CHUNKS, "class {c}: {info:?}");
+            assert!(
+                info.chunks as usize * info.size as usize <= info.pages as usize * PAGE,
+                "class {c}"
+            );
+            let free_bits: u32 = info.empty.iter().map(|w| w.count_zeros()).sum();
+            assert_eq!(
+                free_bits, info.chunks,
+                "class {c}: empty mask {:x?}",
+                info.empty
+            );
+        }
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact_inside_a_slab() {
+        for info in &CLASSES {
+            for off in 0..(info.pages as u64 * PAGE as u64) {
+                assert_eq!(
+                    (off * info.recip) >> 32,
+                    off / info.size as u64,
+                    "size {} off {off}",
+                    info.size
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn class_choice_honours_size_and_alignment() {
+        for size in 0..=MAX_CLASS_SIZE + 1 {
+            for shift in 0..13 {
+                let align = 1usize << shift;
+                match class_for(size, align) {
+                    Some(c) => {
+                        let s = CLASS_SIZES[c] as usize;
+                        assert!(
+                            s >= size && s % align == 0,
+                            "size {size} align {align} -> {s}"
+                        );
+                        // Smallest such class.
+                        assert!(
+                            CLASS_SIZES[..c]
+                                .iter()
+                                .all(|&o| (o as usize) < size || o as usize % align != 0),
+                            "size {size} align {align} -> {s} is not the smallest"
+                        );
+                    }
+                    None => assert!(
+                        size > MAX_CLASS_SIZE || align > MAX_CLASS_SIZE,
+                        "size {size} align {align}"
+                    ),
+                }
+            }
+        }
+    }
+}

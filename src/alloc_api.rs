@@ -48,52 +48,22 @@ unsafe impl Allocator for SecretArena {
         }
     }
 
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(
-            new.size() >= old.size(),
-            "grow to {} from {}",
-            new.size(),
-            old.size()
-        );
+    unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() >= old.size(), "grow to {} from {}", new.size(), old.size());
         // SAFETY: the caller's contract for `grow` is the one `resize_block` needs.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, false) })
     }
 
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(
-            new.size() >= old.size(),
-            "grow to {} from {}",
-            new.size(),
-            old.size()
-        );
+    unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() >= old.size(), "grow to {} from {}", new.size(), old.size());
         // SAFETY: as in `grow`.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, true) })
     }
 
     /// Shrinks in place when the block keeps its size class (wiping the
     /// tail), else moves to a smaller block and wipes the old one.
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(
-            new.size() <= old.size(),
-            "shrink to {} from {}",
-            new.size(),
-            old.size()
-        );
+    unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() <= old.size(), "shrink to {} from {}", new.size(), old.size());
         // SAFETY: as in `grow`.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, false) })
     }
@@ -156,9 +126,7 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match global::global() {
-            Ok(arena) => arena
-                .alloc_block(layout)
-                .map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
+            Ok(arena) => arena.alloc_block(layout).map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
             Err(_) => core::ptr::null_mut(),
         }
     }
@@ -212,10 +180,7 @@ fn abort_with(misuse: Misuse) -> ! {
             Ok(())
         }
     }
-    let mut out = StackBuf {
-        buf: [0; 256],
-        len: 0,
-    };
+    let mut out = StackBuf { buf: [0; 256], len: 0 };
     let _ = writeln!(out, "{misuse}; aborting");
     let _ = rustix::io::write(rustix::stdio::stderr(), &out.buf[..out.len]);
     std::process::abort()

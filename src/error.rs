@@ -121,24 +121,12 @@ impl fmt::Display for Error {
                  and a seccomp profile that allows it, or choose BackingPolicy::PreferSecret \
                  to accept the mlocked memfd fallback"
             ),
-            Error::MemlockBudget {
-                requested,
-                available,
-                limit,
-                errno,
-            } => {
-                write!(
-                    f,
-                    "secret memory needs {} of locked memory",
-                    Bytes(requested)
-                )?;
+            Error::MemlockBudget { requested, available, limit, errno } => {
+                write!(f, "secret memory needs {} of locked memory", Bytes(requested))?;
                 match (available, limit) {
-                    (Some(avail), Some(limit)) => write!(
-                        f,
-                        " but only {} is left under RLIMIT_MEMLOCK ({} in all)",
-                        Bytes(avail),
-                        Bytes(limit)
-                    )?,
+                    (Some(avail), Some(limit)) => {
+                        write!(f, " but only {} is left under RLIMIT_MEMLOCK ({} in all)", Bytes(avail), Bytes(limit))?
+                    }
                     _ => write!(f, " and the kernel refused it")?,
                 }
                 write!(
@@ -188,10 +176,7 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("needs 4 MiB"), "{s}");
         assert!(s.contains("only 1 MiB is left"), "{s}");
-        assert!(
-            s.contains("ulimit -l") && s.contains("LimitMEMLOCK=") && s.contains("CAP_IPC_LOCK"),
-            "{s}"
-        );
+        assert!(s.contains("ulimit -l") && s.contains("LimitMEMLOCK=") && s.contains("CAP_IPC_LOCK"), "{s}");
     }
 
     #[test]

@@ -59,17 +59,11 @@ pub fn global() -> Result<&'static SecretArena, Error> {
         // Leave the rounding to the budget: never ask for more than is free.
         Some(avail) => {
             let avail = avail / page * page;
-            (
-                GLOBAL_INITIAL_CAPACITY.min(avail.max(page)),
-                avail.max(page),
-            )
+            (GLOBAL_INITIAL_CAPACITY.min(avail.max(page)), avail.max(page))
         }
     };
-    let arena = SecretArena::builder()
-        .capacity(initial)
-        .max_capacity(max)
-        .policy(BackingPolicy::PreferSecret)
-        .build()?;
+    let arena =
+        SecretArena::builder().capacity(initial).max_capacity(max).policy(BackingPolicy::PreferSecret).build()?;
     Ok(GLOBAL.get_or_init(|| arena))
 }
 
@@ -112,38 +106,22 @@ unsafe impl Allocator for DefaultArena {
         if layout.size() == 0 {
             return;
         }
-        let arena = existing()
-            .expect("DefaultArena::deallocate of a block the default arena never handed out");
+        let arena = existing().expect("DefaultArena::deallocate of a block the default arena never handed out");
         // SAFETY: the caller's contract; the block came from this arena.
         unsafe { arena.deallocate(ptr, layout) }
     }
 
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the caller's contract, passed through.
         unsafe { global().map_err(|_| AllocError)?.grow(ptr, old, new) }
     }
 
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the caller's contract, passed through.
         unsafe { global().map_err(|_| AllocError)?.grow_zeroed(ptr, old, new) }
     }
 
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the caller's contract, passed through.
         unsafe { global().map_err(|_| AllocError)?.shrink(ptr, old, new) }
     }

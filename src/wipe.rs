@@ -46,11 +46,7 @@ mod tests {
                 unsafe { wipe(buf.as_mut_ptr().add(start), len) };
                 for (i, &b) in buf.iter().enumerate() {
                     let inside = i >= start && i < start + len;
-                    assert_eq!(
-                        b,
-                        if inside { 0 } else { 0xAA },
-                        "start {start} len {len} byte {i}"
-                    );
+                    assert_eq!(b, if inside { 0 } else { 0xAA }, "start {start} len {len} byte {i}");
                 }
             }
         }

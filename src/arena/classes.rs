@@ -17,8 +17,8 @@ pub const CLASS_COUNT: usize = 24;
 
 /// Chunk size of each class, in bytes.
 pub(crate) const CLASS_SIZES: [u32; CLASS_COUNT] = [
-    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
-    1280, 1536, 1792, 2048,
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
+    2048,
 ];
 
 /// Largest size served from a class; anything above is a page run.
@@ -72,13 +72,7 @@ const fn slab_pages(size: usize) -> usize {
 }
 
 const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
-    let mut out = [ClassInfo {
-        size: 0,
-        pages: 0,
-        chunks: 0,
-        recip: 0,
-        empty: [0; WORDS],
-    }; CLASS_COUNT];
+    let mut out = [ClassInfo { size: 0, pages: 0, chunks: 0, recip: 0, empty: [0; WORDS] }; CLASS_COUNT];
     let mut c = 0;
     while c < CLASS_COUNT {
         let size = CLASS_SIZES[c] as usize;
@@ -159,16 +153,9 @@ mod tests {
     fn every_class_fits_its_bitmap_and_slab() {
         for (c, info) in CLASSES.iter().enumerate() {
             assert!(info.chunks as usize <= MAX_CHUNKS, "class {c}: {info:?}");
-            assert!(
-                info.chunks as usize * info.size as usize <= info.pages as usize * PAGE,
-                "class {c}"
-            );
+            assert!(info.chunks as usize * info.size as usize <= info.pages as usize * PAGE, "class {c}");
             let free_bits: u32 = info.empty.iter().map(|w| w.count_zeros()).sum();
-            assert_eq!(
-                free_bits, info.chunks,
-                "class {c}: empty mask {:x?}",
-                info.empty
-            );
+            assert_eq!(free_bits, info.chunks, "class {c}: empty mask {:x?}", info.empty);
         }
     }
 
@@ -176,12 +163,7 @@ mod tests {
     fn reciprocal_division_is_exact_inside_a_slab() {
         for info in &CLASSES {
             for off in 0..(info.pages as u64 * PAGE as u64) {
-                assert_eq!(
-                    (off * info.recip) >> 32,
-                    off / info.size as u64,
-                    "size {} off {off}",
-                    info.size
-                );
+                assert_eq!((off * info.recip) >> 32, off / info.size as u64, "size {} off {off}", info.size);
             }
         }
     }
@@ -194,22 +176,14 @@ mod tests {
                 match class_for(size, align) {
                     Some(c) => {
                         let s = CLASS_SIZES[c] as usize;
-                        assert!(
-                            s >= size && s % align == 0,
-                            "size {size} align {align} -> {s}"
-                        );
+                        assert!(s >= size && s % align == 0, "size {size} align {align} -> {s}");
                         // Smallest such class.
                         assert!(
-                            CLASS_SIZES[..c]
-                                .iter()
-                                .all(|&o| (o as usize) < size || o as usize % align != 0),
+                            CLASS_SIZES[..c].iter().all(|&o| (o as usize) < size || o as usize % align != 0),
                             "size {size} align {align} -> {s} is not the smallest"
                         );
                     }
-                    None => assert!(
-                        size > MAX_CLASS_SIZE || align > MAX_CLASS_SIZE,
-                        "size {size} align {align}"
-                    ),
+                    None => assert!(size > MAX_CLASS_SIZE || align > MAX_CLASS_SIZE, "size {size} align {align}"),
                 }
             }
         }

@@ -139,11 +139,7 @@ unsafe impl Sync for SecretArena {}
 pub(crate) enum Misuse {
     Foreign(usize),
     NotAllocated(usize),
-    LayoutTooLarge {
-        ptr: usize,
-        size: usize,
-        block: usize,
-    },
+    LayoutTooLarge { ptr: usize, size: usize, block: usize },
 }
 
 impl fmt::Display for Misuse {
@@ -151,16 +147,10 @@ impl fmt::Display for Misuse {
         match *self {
             Misuse::Foreign(p) => write!(f, "secret-arena: {p:#x} was not allocated by this arena"),
             Misuse::NotAllocated(p) => {
-                write!(
-                    f,
-                    "secret-arena: {p:#x} is not a live block of this arena (double free or interior pointer)"
-                )
+                write!(f, "secret-arena: {p:#x} is not a live block of this arena (double free or interior pointer)")
             }
             Misuse::LayoutTooLarge { ptr, size, block } => {
-                write!(
-                    f,
-                    "secret-arena: layout of {size} bytes for {ptr:#x}, whose block has only {block}"
-                )
+                write!(f, "secret-arena: layout of {size} bytes for {ptr:#x}, whose block has only {block}")
             }
         }
     }
@@ -168,16 +158,8 @@ impl fmt::Display for Misuse {
 
 /// Where a live block is.
 enum Block<'a> {
-    Chunk {
-        head: &'a PageMeta,
-        class: usize,
-        idx: usize,
-    },
-    Run {
-        seg: &'a Segment,
-        page: usize,
-        pages: usize,
-    },
+    Chunk { head: &'a PageMeta, class: usize, idx: usize },
+    Run { seg: &'a Segment, page: usize, pages: usize },
 }
 
 impl Block<'_> {
@@ -266,14 +248,10 @@ impl SecretArenaBuilder {
         let arena = SecretArena {
             segments: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_SEGMENTS],
             segment_count: AtomicUsize::new(0),
-            hints: [const { ShardHints([const { AtomicPtr::new(core::ptr::null_mut()) }; CLASS_COUNT]) };
-                SHARDS],
+            hints: [const { ShardHints([const { AtomicPtr::new(core::ptr::null_mut()) }; CLASS_COUNT]) }; SHARDS],
             classes: [const {
                 ClassState {
-                    list: Mutex::new(SlabList {
-                        head: core::ptr::null_mut(),
-                        count: 0,
-                    }),
+                    list: Mutex::new(SlabList { head: core::ptr::null_mut(), count: 0 }),
                     partial: AtomicPtr::new(core::ptr::null_mut()),
                 }
             }; CLASS_COUNT],
@@ -321,11 +299,7 @@ impl SecretArena {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn builder() -> SecretArenaBuilder {
-        SecretArenaBuilder {
-            capacity: DEFAULT_CAPACITY,
-            max_capacity: None,
-            policy: BackingPolicy::PreferSecret,
-        }
+        SecretArenaBuilder { capacity: DEFAULT_CAPACITY, max_capacity: None, policy: BackingPolicy::PreferSecret }
     }
 
     /// Which backing this arena got.
@@ -498,11 +472,7 @@ impl SecretArena {
             }
             let next = self
                 .take_partial(class)
-                .or_else(|| {
-                    Self::find_in_list(&list, |m| {
-                        m.aux.load(Ordering::Relaxed) == NO_OWNER && m.has_free()
-                    })
-                })
+                .or_else(|| Self::find_in_list(&list, |m| m.aux.load(Ordering::Relaxed) == NO_OWNER && m.has_free()))
                 .or_else(|| self.carve(class, &mut list))
                 .or_else(|| Self::find_in_list(&list, PageMeta::has_free));
             let Some(next) = next else {
@@ -519,9 +489,7 @@ impl SecretArena {
     /// The class's "freed while full" hint, if it is still an unowned slab
     /// of this class with room. Class lock held.
     fn take_partial(&self, class: usize) -> Option<&PageMeta> {
-        let p = self.classes[class]
-            .partial
-            .swap(core::ptr::null_mut(), Ordering::Relaxed);
+        let p = self.classes[class].partial.swap(core::ptr::null_mut(), Ordering::Relaxed);
         if p.is_null() {
             return None;
         }
@@ -553,8 +521,7 @@ impl SecretArena {
         let info = &CLASSES[class];
         let (seg, page) = self.take_pages(info.pages as usize, PAGE)?;
         let head = seg.meta(page);
-        head.base
-            .store(seg.page_addr(page) as usize, Ordering::Relaxed);
+        head.base.store(seg.page_addr(page) as usize, Ordering::Relaxed);
         head.aux.store(NO_OWNER, Ordering::Relaxed);
         for body in 1..info.pages as usize {
             let m = seg.meta(page + body);
@@ -565,14 +532,11 @@ impl SecretArena {
         head.next.store(list.head, Ordering::Relaxed);
         if !list.head.is_null() {
             // SAFETY: the old list head is a live slab head; class lock held.
-            unsafe { &*list.head }
-                .prev
-                .store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
+            unsafe { &*list.head }.prev.store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
         }
         list.head = head as *const PageMeta as *mut PageMeta;
         list.count += 1;
-        head.state
-            .store(SLAB_HEAD | class as u32, Ordering::Relaxed);
+        head.state.store(SLAB_HEAD | class as u32, Ordering::Relaxed);
         // Publishing the bitmap last: whoever acquires it sees state and base.
         for (w, &empty) in info.empty.iter().enumerate() {
             head.bits[w].store(empty, Ordering::Release);
@@ -681,8 +645,7 @@ impl SecretArena {
         let info = &CLASSES[class];
         let off = addr.wrapping_sub(head.base.load(Ordering::Relaxed));
         let idx = ((off as u64 * info.recip) >> 32) as usize;
-        let allocated =
-            head.bits[idx / 64 % classes::WORDS].load(Ordering::Relaxed) & (1 << (idx % 64)) != 0;
+        let allocated = head.bits[idx / 64 % classes::WORDS].load(Ordering::Relaxed) & (1 << (idx % 64)) != 0;
         if off >= info.pages as usize * PAGE
             || idx * info.size as usize != off
             || idx >= info.chunks as usize
@@ -702,11 +665,7 @@ impl SecretArena {
         let addr = ptr.as_ptr() as usize;
         let block = self.locate(addr)?;
         if layout.size() > block.len() {
-            return Err(Misuse::LayoutTooLarge {
-                ptr: addr,
-                size: layout.size(),
-                block: block.len(),
-            });
+            return Err(Misuse::LayoutTooLarge { ptr: addr, size: layout.size(), block: block.len() });
         }
         match block {
             Block::Chunk { head, class, idx } => self.free_chunk(ptr.as_ptr(), head, class, idx),
@@ -715,13 +674,7 @@ impl SecretArena {
     }
 
     #[inline]
-    fn free_chunk(
-        &self,
-        ptr: *mut u8,
-        head: &PageMeta,
-        class: usize,
-        idx: usize,
-    ) -> Result<(), Misuse> {
+    fn free_chunk(&self, ptr: *mut u8, head: &PageMeta, class: usize, idx: usize) -> Result<(), Misuse> {
         let info = &CLASSES[class];
         // SAFETY: `locate` found a live chunk of `info.size` bytes at `ptr`,
         // which the caller gives up.
@@ -732,14 +685,9 @@ impl SecretArena {
             return Err(Misuse::NotAllocated(ptr as usize));
         }
         if old == u64::MAX {
-            self.classes[class]
-                .partial
-                .store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
+            self.classes[class].partial.store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
         }
-        if old & !mask == info.empty[w]
-            && head.aux.load(Ordering::Relaxed) == NO_OWNER
-            && head.is_empty(info)
-        {
+        if old & !mask == info.empty[w] && head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
             self.release_slab(head, class);
         }
         Ok(())
@@ -758,10 +706,7 @@ impl SecretArena {
             return;
         }
         // No chunk can be taken from it now (all bits set). Unlink it.
-        let (prev, next) = (
-            head.prev.load(Ordering::Relaxed),
-            head.next.load(Ordering::Relaxed),
-        );
+        let (prev, next) = (head.prev.load(Ordering::Relaxed), head.next.load(Ordering::Relaxed));
         if prev.is_null() {
             list.head = next;
         } else {
@@ -789,13 +734,7 @@ impl SecretArena {
         counters.committed -= info.pages as usize;
     }
 
-    fn free_run(
-        &self,
-        seg: &Segment,
-        page: usize,
-        pages: usize,
-        addr: usize,
-    ) -> Result<(), Misuse> {
+    fn free_run(&self, seg: &Segment, page: usize, pages: usize, addr: usize) -> Result<(), Misuse> {
         let head = seg.meta(page);
         head.state
             .compare_exchange(RUN_HEAD, RUN_FREEING, Ordering::Acquire, Ordering::Relaxed)
@@ -836,11 +775,7 @@ impl SecretArena {
         let block = self.locate(addr)?;
         let len = block.len();
         if old.size() > len {
-            return Err(Misuse::LayoutTooLarge {
-                ptr: addr,
-                size: old.size(),
-                block: len,
-            });
+            return Err(Misuse::LayoutTooLarge { ptr: addr, size: old.size(), block: len });
         }
         if new.size() == 0 {
             self.free_block(ptr, old)?;
@@ -851,8 +786,7 @@ impl SecretArena {
             match block {
                 Block::Chunk { class, .. } => {
                     let stays = new.size() <= len
-                        && (new.size() >= old.size()
-                            || class_for(new.size(), new.align()) == Some(class));
+                        && (new.size() >= old.size() || class_for(new.size(), new.align()) == Some(class));
                     if stays {
                         // SAFETY (both arms): the ranges lie inside the live chunk.
                         if new.size() < old.size() {
@@ -885,13 +819,7 @@ impl SecretArena {
         };
         // SAFETY: both blocks are live and distinct; we copy the bytes both
         // layouts cover. The new block is zero beyond them (invariant 1).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                p,
-                moved.as_ptr().cast::<u8>(),
-                old.size().min(new.size()),
-            )
-        };
+        unsafe { core::ptr::copy_nonoverlapping(p, moved.as_ptr().cast::<u8>(), old.size().min(new.size())) };
         self.free_block(ptr, old)?;
         Ok(Some(moved))
     }
@@ -899,12 +827,7 @@ impl SecretArena {
     /// Keeps the first `need` pages of a run, wiping from `keep_bytes` on.
     fn shrink_run(&self, seg: &Segment, page: usize, pages: usize, need: usize, keep_bytes: usize) {
         // SAFETY: `keep_bytes..pages * PAGE` is inside the live run.
-        unsafe {
-            wipe(
-                seg.page_addr(page).add(keep_bytes),
-                pages * PAGE - keep_bytes,
-            )
-        };
+        unsafe { wipe(seg.page_addr(page).add(keep_bytes), pages * PAGE - keep_bytes) };
         if need == pages {
             return;
         }

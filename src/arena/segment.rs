@@ -88,26 +88,13 @@ impl Segment {
         let meta_len = (map_off + words * 8).next_multiple_of(crate::backing::os_page_size());
         // SAFETY: a fresh private anonymous mapping aliases nothing.
         let raw = unsafe {
-            mm::mmap_anonymous(
-                core::ptr::null_mut(),
-                meta_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )
+            mm::mmap_anonymous(core::ptr::null_mut(), meta_len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE)
         }
-        .map_err(|errno| Error::Syscall {
-            step: Step::Metadata,
-            errno,
-        })?;
+        .map_err(|errno| Error::Syscall { step: Step::Metadata, errno })?;
         let raw = raw.cast::<u8>();
         // SAFETY: offsets are inside the `meta_len` bytes just mapped, and are
         // aligned for their types (64 for PageMeta, 8 for the bitmap).
-        let (meta, free_map) = unsafe {
-            (
-                raw.add(meta_off).cast::<PageMeta>(),
-                raw.add(map_off).cast::<AtomicU64>(),
-            )
-        };
+        let (meta, free_map) = unsafe { (raw.add(meta_off).cast::<PageMeta>(), raw.add(map_off).cast::<AtomicU64>()) };
         for p in 0..pages {
             // SAFETY: `p < pages`, inside the PageMeta array; the memory is
             // fresh and zero, and we write a full valid value.
@@ -124,11 +111,7 @@ impl Segment {
         }
         for w in 0..words {
             let in_word = (pages - w * 64).min(64);
-            let value = if in_word == 64 {
-                u64::MAX
-            } else {
-                (1u64 << in_word) - 1
-            };
+            let value = if in_word == 64 { u64::MAX } else { (1u64 << in_word) - 1 };
             // SAFETY: `w < words`, inside the bitmap.
             unsafe { free_map.add(w).write(AtomicU64::new(value)) };
         }
@@ -200,11 +183,7 @@ impl Segment {
     /// Metadata of page `p`.
     #[inline]
     pub(crate) fn meta(&self, p: usize) -> &PageMeta {
-        assert!(
-            p < self.pages,
-            "page {p} outside a segment of {} pages",
-            self.pages
-        );
+        assert!(p < self.pages, "page {p} outside a segment of {} pages", self.pages);
         // SAFETY: `p < pages`, and the array was initialised in `create`.
         unsafe { self.meta.add(p).as_ref() }
     }
@@ -250,16 +229,10 @@ impl Segment {
             let mask = 1u64 << (p % 64);
             let word = self.free_word(p / 64);
             if used {
-                debug_assert!(
-                    word.load(Ordering::Relaxed) & mask != 0,
-                    "page {p} taken twice"
-                );
+                debug_assert!(word.load(Ordering::Relaxed) & mask != 0, "page {p} taken twice");
                 word.fetch_and(!mask, Ordering::Relaxed);
             } else {
-                debug_assert!(
-                    word.load(Ordering::Relaxed) & mask == 0,
-                    "page {p} freed twice"
-                );
+                debug_assert!(word.load(Ordering::Relaxed) & mask == 0, "page {p} freed twice");
                 word.fetch_or(mask, Ordering::Relaxed);
             }
         }
@@ -272,9 +245,7 @@ impl Segment {
             return None;
         }
         let hint = self.search_hint.load(Ordering::Relaxed).min(self.pages);
-        let found = self
-            .find_free(hint, self.pages, n, align)
-            .or_else(|| self.find_free(0, hint + n - 1, n, align))?;
+        let found = self.find_free(hint, self.pages, n, align).or_else(|| self.find_free(0, hint + n - 1, n, align))?;
         self.set_range(found, n, true);
         self.search_hint.store(found + n, Ordering::Relaxed);
         let hw = self.high_water.load(Ordering::Relaxed);

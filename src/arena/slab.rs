@@ -27,8 +27,7 @@ impl PageMeta {
             while v != u64::MAX {
                 let bit = (!v).trailing_zeros();
                 let mask = 1u64 << bit;
-                match word.compare_exchange_weak(v, v | mask, Ordering::Acquire, Ordering::Relaxed)
-                {
+                match word.compare_exchange_weak(v, v | mask, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) => {
                         if self.state.load(Ordering::Relaxed) != SLAB_HEAD | class as u32 {
                             // A stale pointer to a slab of another class: give it back.
@@ -36,11 +35,7 @@ impl PageMeta {
                             return None;
                         }
                         let idx = w * 64 + bit as usize;
-                        debug_assert!(
-                            idx < info.chunks as usize,
-                            "chunk {idx} past slab end {}",
-                            info.chunks
-                        );
+                        debug_assert!(idx < info.chunks as usize, "chunk {idx} past slab end {}", info.chunks);
                         return Some(self.base.load(Ordering::Relaxed) + idx * info.size as usize);
                     }
                     Err(now) => v = now,
@@ -52,41 +47,24 @@ impl PageMeta {
 
     /// Whether any chunk is free.
     pub(crate) fn has_free(&self) -> bool {
-        self.bits
-            .iter()
-            .any(|w| w.load(Ordering::Relaxed) != u64::MAX)
+        self.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX)
     }
 
     /// Whether every chunk is free.
     pub(crate) fn is_empty(&self, info: &ClassInfo) -> bool {
-        self.bits
-            .iter()
-            .zip(&info.empty)
-            .all(|(w, &e)| w.load(Ordering::Relaxed) == e)
+        self.bits.iter().zip(&info.empty).all(|(w, &e)| w.load(Ordering::Relaxed) == e)
     }
 
     /// Chunks handed out.
     pub(crate) fn used_chunks(&self, info: &ClassInfo) -> usize {
-        self.bits
-            .iter()
-            .zip(&info.empty)
-            .map(|(w, &e)| (w.load(Ordering::Relaxed) & !e).count_ones() as usize)
-            .sum()
+        self.bits.iter().zip(&info.empty).map(|(w, &e)| (w.load(Ordering::Relaxed) & !e).count_ones() as usize).sum()
     }
 
     /// Turns an empty slab's bitmap to all ones, so no one can allocate from
     /// it any more. Fails, changing nothing, if any chunk is in use.
     pub(crate) fn reserve_if_empty(&self, info: &ClassInfo) -> bool {
         for w in 0..WORDS {
-            if self.bits[w]
-                .compare_exchange(
-                    info.empty[w],
-                    u64::MAX,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-            {
+            if self.bits[w].compare_exchange(info.empty[w], u64::MAX, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 for undo in 0..w {
                     self.bits[undo].store(info.empty[undo], Ordering::Release);
                 }

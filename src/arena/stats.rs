@@ -123,11 +123,7 @@ impl SecretArena {
             segments: self.segment_count(),
             committed: counters.committed * PAGE,
             peak_committed: counters.peak * PAGE,
-            in_use: in_runs
-                + classes
-                    .iter()
-                    .map(|c| c.in_use * c.chunk_size)
-                    .sum::<usize>(),
+            in_use: in_runs + classes.iter().map(|c| c.in_use * c.chunk_size).sum::<usize>(),
             in_runs,
             classes,
         }
@@ -166,12 +162,7 @@ impl SecretArena {
         }
         let counters = lock(&self.pages);
         if counters.committed != committed || counters.peak < committed {
-            return Err(err(
-                "page counters disagree with page states",
-                0,
-                0,
-                counters.committed,
-            ));
+            return Err(err("page counters disagree with page states", 0, 0, counters.committed));
         }
         drop(counters);
         for (c, &expected) in slabs_per_class.iter().enumerate() {
@@ -182,48 +173,25 @@ impl SecretArena {
             while !p.is_null() {
                 // SAFETY: list members point into this arena's metadata.
                 let m = unsafe { &*p };
-                let home = self
-                    .segments()
-                    .enumerate()
-                    .find_map(|(si, s)| s.index_of(m).map(|pg| (si, pg)));
+                let home = self.segments().enumerate().find_map(|(si, s)| s.index_of(m).map(|pg| (si, pg)));
                 let Some((si, pg)) = home else {
-                    return Err(err(
-                        "class list points outside every segment",
-                        0,
-                        0,
-                        p as usize,
-                    ));
+                    return Err(err("class list points outside every segment", 0, 0, p as usize));
                 };
                 if m.state.load(Ordering::Relaxed) != SLAB_HEAD | c as u32 {
-                    return Err(err(
-                        "class list holds a page that is not its class's slab",
-                        si,
-                        pg,
-                        c,
-                    ));
+                    return Err(err("class list holds a page that is not its class's slab", si, pg, c));
                 }
                 if m.prev.load(Ordering::Relaxed) != prev {
                     return Err(err("class list back link is wrong", si, pg, c));
                 }
                 n += 1;
                 if n > expected {
-                    return Err(err(
-                        "class list is longer than the class's slabs (cycle?)",
-                        si,
-                        pg,
-                        c,
-                    ));
+                    return Err(err("class list is longer than the class's slabs (cycle?)", si, pg, c));
                 }
                 prev = p;
                 p = m.next.load(Ordering::Relaxed);
             }
             if n != expected || list.count != expected {
-                return Err(err(
-                    "class list does not hold every slab of its class",
-                    0,
-                    0,
-                    c,
-                ));
+                return Err(err("class list does not hold every slab of its class", 0, 0, c));
             }
         }
         Ok(())
@@ -231,28 +199,14 @@ impl SecretArena {
 }
 
 fn err(what: &'static str, segment: usize, page: usize, detail: usize) -> InvariantError {
-    InvariantError {
-        what,
-        segment,
-        page,
-        detail,
-    }
+    InvariantError { what, segment, page, detail }
 }
 
 /// Checks one segment; returns its committed pages.
-fn check_segment(
-    si: usize,
-    seg: &Segment,
-    slabs: &mut [usize; CLASS_COUNT],
-) -> Result<usize, InvariantError> {
+fn check_segment(si: usize, seg: &Segment, slabs: &mut [usize; CLASS_COUNT]) -> Result<usize, InvariantError> {
     let high_water = seg.high_water();
     if high_water > seg.pages() {
-        return Err(err(
-            "high-water mark past the segment end",
-            si,
-            high_water,
-            seg.pages(),
-        ));
+        return Err(err("high-water mark past the segment end", si, high_water, seg.pages()));
     }
     let mut committed = 0;
     let mut p = 0;
@@ -261,12 +215,7 @@ fn check_segment(
         let state = m.state.load(Ordering::Acquire);
         let free_in_map = seg.page_is_free(p);
         if (state == FREE) != free_in_map {
-            return Err(err(
-                "page state and free-page bitmap disagree",
-                si,
-                p,
-                state as usize,
-            ));
+            return Err(err("page state and free-page bitmap disagree", si, p, state as usize));
         }
         if state == FREE {
             if m.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX) {
@@ -284,32 +233,15 @@ fn check_segment(
             let info = &CLASSES[c];
             let n = info.pages as usize;
             if p + n > seg.pages() || p + n > high_water {
-                return Err(err(
-                    "slab runs past the segment or the high-water mark",
-                    si,
-                    p,
-                    n,
-                ));
+                return Err(err("slab runs past the segment or the high-water mark", si, p, n));
             }
             if m.base.load(Ordering::Relaxed) != seg.page_addr(p) as usize {
-                return Err(err(
-                    "slab base is not its own page",
-                    si,
-                    p,
-                    m.base.load(Ordering::Relaxed),
-                ));
+                return Err(err("slab base is not its own page", si, p, m.base.load(Ordering::Relaxed)));
             }
             for body in p + 1..p + n {
                 let b = seg.meta(body);
-                if b.state.load(Ordering::Relaxed) != SLAB_BODY
-                    || b.aux.load(Ordering::Relaxed) as usize != p
-                {
-                    return Err(err(
-                        "slab body page does not point at its head",
-                        si,
-                        body,
-                        p,
-                    ));
+                if b.state.load(Ordering::Relaxed) != SLAB_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
+                    return Err(err("slab body page does not point at its head", si, body, p));
                 }
                 if b.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX) {
                     return Err(err("a slab body page has a usable bitmap", si, body, 0));
@@ -330,13 +262,7 @@ fn check_segment(
             }
             // The slab's tail beyond its last chunk is never handed out.
             let used = info.chunks as usize * info.size as usize;
-            check_zero(
-                si,
-                p,
-                seg.page_addr(p).wrapping_add(used),
-                n * PAGE - used,
-                used,
-            )?;
+            check_zero(si, p, seg.page_addr(p).wrapping_add(used), n * PAGE - used, used)?;
             slabs[c] += 1;
             committed += n;
             p += n;
@@ -347,33 +273,20 @@ fn check_segment(
             }
             for body in p + 1..p + n {
                 let b = seg.meta(body);
-                if b.state.load(Ordering::Relaxed) != RUN_BODY
-                    || b.aux.load(Ordering::Relaxed) as usize != p
-                {
+                if b.state.load(Ordering::Relaxed) != RUN_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
                     return Err(err("run body page does not point at its head", si, body, p));
                 }
             }
             committed += n;
             p += n;
         } else {
-            return Err(err(
-                "page in a state no block can start with",
-                si,
-                p,
-                state as usize,
-            ));
+            return Err(err("page in a state no block can start with", si, p, state as usize));
         }
     }
     Ok(committed)
 }
 
-fn check_zero(
-    si: usize,
-    page: usize,
-    ptr: *mut u8,
-    len: usize,
-    off: usize,
-) -> Result<(), InvariantError> {
+fn check_zero(si: usize, page: usize, ptr: *mut u8, len: usize, off: usize) -> Result<(), InvariantError> {
     // SAFETY: the caller passes free memory inside a live segment; reading it
     // races with nothing because the checker runs while the arena is idle.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };

@@ -46,39 +46,21 @@ impl MemlockBudget {
 /// }
 /// ```
 pub fn memlock_budget() -> MemlockBudget {
-    let limit = getrlimit(Resource::Memlock)
-        .current
-        .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-    let cap_ipc_lock = capabilities(None)
-        .map(|c| c.effective.contains(CapabilitySet::IPC_LOCK))
-        .unwrap_or(false);
-    MemlockBudget {
-        limit,
-        locked: locked_bytes(),
-        cap_ipc_lock,
-    }
+    let limit = getrlimit(Resource::Memlock).current.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    let cap_ipc_lock = capabilities(None).map(|c| c.effective.contains(CapabilitySet::IPC_LOCK)).unwrap_or(false);
+    MemlockBudget { limit, locked: locked_bytes(), cap_ipc_lock }
 }
 
 /// The error for a mapping of `requested` bytes that the budget refused.
 pub(super) fn error(requested: usize, errno: Errno) -> Error {
     let budget = memlock_budget();
-    Error::MemlockBudget {
-        requested,
-        available: budget.available(),
-        limit: budget.limit,
-        errno,
-    }
+    Error::MemlockBudget { requested, available: budget.available(), limit: budget.limit, errno }
 }
 
 /// `VmLck` from `/proc/self/status`, in bytes, read into a stack buffer.
 fn locked_bytes() -> Option<usize> {
     use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        c"/proc/self/status",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    let fd = rustix::fs::open(c"/proc/self/status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let mut buf = [0u8; 8192];
     let mut filled = 0;
     while filled < buf.len() {
@@ -96,10 +78,7 @@ fn locked_bytes() -> Option<usize> {
 fn parse_kib_field(status: &[u8], field: &[u8]) -> Option<usize> {
     status.split(|&b| b == b'\n').find_map(|line| {
         let rest = line.strip_prefix(field)?;
-        let digits = rest
-            .iter()
-            .skip_while(|b| b.is_ascii_whitespace())
-            .take_while(|b| b.is_ascii_digit());
+        let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit());
         let mut value: usize = 0;
         let mut any = false;
         for &d in digits {

@@ -19,18 +19,9 @@ pub(super) fn open(len: usize) -> Result<OwnedFd, Error> {
         Err(Errno::INVAL) => rustix::fs::memfd_create(name, flags),
         other => other,
     }
-    .map_err(|errno| Error::Syscall {
-        step: Step::MemfdCreate,
-        errno,
-    })?;
-    rustix::fs::ftruncate(&fd, len as u64).map_err(|errno| Error::Syscall {
-        step: Step::Ftruncate,
-        errno,
-    })?;
+    .map_err(|errno| Error::Syscall { step: Step::MemfdCreate, errno })?;
+    rustix::fs::ftruncate(&fd, len as u64).map_err(|errno| Error::Syscall { step: Step::Ftruncate, errno })?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-        .map_err(|errno| Error::Syscall {
-            step: Step::AddSeals,
-            errno,
-        })?;
+        .map_err(|errno| Error::Syscall { step: Step::AddSeals, errno })?;
     Ok(fd)
 }

@@ -55,9 +55,7 @@ impl Backing {
     pub fn describe(self) -> &'static str {
         match self {
             Backing::MemfdSecret => "memfd_secret (removed from the kernel's direct map)",
-            Backing::MlockedMemfd => {
-                "mlocked memfd fallback (locked and not dumped, but readable by the kernel)"
-            }
+            Backing::MlockedMemfd => "mlocked memfd fallback (locked and not dumped, but readable by the kernel)",
         }
     }
 }
@@ -126,9 +124,7 @@ impl Mapping {
             BackingPolicy::ForceFallback => Self::create_as(len, Backing::MlockedMemfd),
             BackingPolicy::RequireSecret | BackingPolicy::PreferSecret => match secret::open(len) {
                 Ok(fd) => Self::map_file(fd, len, Backing::MemfdSecret),
-                Err(Error::SecretMemoryUnavailable { .. })
-                    if policy == BackingPolicy::PreferSecret =>
-                {
+                Err(Error::SecretMemoryUnavailable { .. }) if policy == BackingPolicy::PreferSecret => {
                     Self::create_as(len, Backing::MlockedMemfd)
                 }
                 Err(e) => Err(e),
@@ -151,9 +147,7 @@ impl Mapping {
     /// the middle, closes `fd`, and applies the backing's protections.
     fn map_file(fd: OwnedFd, len: usize, backing: Backing) -> Result<Mapping, Error> {
         let guard = os_page_size();
-        let reservation_len = len
-            .checked_add(2 * guard)
-            .ok_or(Error::InvalidCapacity { requested: len })?;
+        let reservation_len = len.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: len })?;
         // SAFETY: a fresh anonymous mapping at an address the kernel chooses
         // cannot alias any existing Rust object.
         let reservation = unsafe {
@@ -164,12 +158,8 @@ impl Mapping {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }
-        .map_err(|errno| Error::Syscall {
-            step: Step::Reserve,
-            errno,
-        })?;
-        let reservation =
-            NonNull::new(reservation.cast::<u8>()).expect("mmap never returns null on success");
+        .map_err(|errno| Error::Syscall { step: Step::Reserve, errno })?;
+        let reservation = NonNull::new(reservation.cast::<u8>()).expect("mmap never returns null on success");
         // From here on, dropping `mapping` unmaps the whole reservation,
         // including whatever has been mapped into it.
         let mapping = Mapping {
@@ -194,10 +184,7 @@ impl Mapping {
         }
         .map_err(|errno| match (backing, errno) {
             (Backing::MemfdSecret, Errno::AGAIN) => budget::error(len, errno),
-            _ => Error::Syscall {
-                step: Step::Map,
-                errno,
-            },
+            _ => Error::Syscall { step: Step::Map, errno },
         })?;
         // The mapping keeps the file alive; holding the fd would only leak it
         // to anyone who can read our fd table.
@@ -205,34 +192,20 @@ impl Mapping {
 
         if backing == Backing::MlockedMemfd {
             // SAFETY: the range is our own live mapping; locking changes no contents.
-            unsafe { mm::mlock_with(mapping.base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) }
-                .map_err(|errno| match errno {
-                Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
-                _ => Error::Syscall {
-                    step: Step::Lock,
-                    errno,
-                },
+            unsafe { mm::mlock_with(mapping.base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) }.map_err(|errno| {
+                match errno {
+                    Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
+                    _ => Error::Syscall { step: Step::Lock, errno },
+                }
             })?;
             // SAFETY: advice on our own live mapping; it changes no contents.
             unsafe { mm::madvise(mapping.base.as_ptr().cast(), len, Advice::LinuxDontDump) }
-                .map_err(|errno| Error::Syscall {
-                    step: Step::DontDump,
-                    errno,
-                })?;
+                .map_err(|errno| Error::Syscall { step: Step::DontDump, errno })?;
         }
         // SAFETY: advice on our own reservation (guards and file mapping);
         // it only affects what a future fork(2) child inherits.
-        unsafe {
-            mm::madvise(
-                reservation.as_ptr().cast(),
-                reservation_len,
-                Advice::LinuxDontFork,
-            )
-        }
-        .map_err(|errno| Error::Syscall {
-            step: Step::DontFork,
-            errno,
-        })?;
+        unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
+            .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
         Ok(mapping)
     }
 

@@ -17,14 +17,8 @@ use crate::error::{Errno, Error, Step};
 pub(super) fn open(len: usize) -> Result<OwnedFd, Error> {
     let fd = sys::memfd_secret().map_err(|errno| match errno {
         Errno::NOSYS | Errno::PERM => Error::SecretMemoryUnavailable { errno },
-        _ => Error::Syscall {
-            step: Step::MemfdSecret,
-            errno,
-        },
+        _ => Error::Syscall { step: Step::MemfdSecret, errno },
     })?;
-    rustix::fs::ftruncate(&fd, len as u64).map_err(|errno| Error::Syscall {
-        step: Step::Ftruncate,
-        errno,
-    })?;
+    rustix::fs::ftruncate(&fd, len as u64).map_err(|errno| Error::Syscall { step: Step::Ftruncate, errno })?;
     Ok(fd)
 }

@@ -1,28 +1,30 @@
 //! Size classes: which chunk size serves a request, and how a slab of each
 //! class is laid out.
 //!
-//! Classes run from 16 to 2048 bytes. Every size is a multiple of 16, and a
+//! Classes run from 16 to 4096 bytes. Every size is a multiple of 16, and a
 //! chunk's address is a multiple of the largest power of two dividing its
 //! size, because slabs start on a page boundary. A request goes to the
 //! smallest class that is large enough *and* whose size is a multiple of the
-//! requested alignment. Larger requests, or alignments above 2048, are served
-//! as runs of whole pages.
+//! requested alignment. Larger requests, or alignments above 4096, are served
+//! as runs of whole pages. Page-sized blocks get a class of their own, so a
+//! thread that keeps allocating one reuses its shard's slab without taking
+//! the page lock.
 
 /// The arena's page: the unit of slabs and runs. Independent of the OS page
 /// size, which only decides mapping granularity and guard pages.
 pub(crate) const PAGE: usize = 4096;
 
 /// Number of size classes.
-pub const CLASS_COUNT: usize = 24;
+pub const CLASS_COUNT: usize = 28;
 
 /// Chunk size of each class, in bytes.
 pub(crate) const CLASS_SIZES: [u32; CLASS_COUNT] = [
     16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
-    2048,
+    2048, 2560, 3072, 3584, 4096,
 ];
 
 /// Largest size served from a class; anything above is a page run.
-pub(crate) const MAX_CLASS_SIZE: usize = 2048;
+pub(crate) const MAX_CLASS_SIZE: usize = 4096;
 
 /// Bitmap words per slab: at most 256 chunks in one slab.
 pub(crate) const WORDS: usize = 4;

@@ -2,7 +2,7 @@
 //!
 //! # How a request is served
 //!
-//! - **Small** (≤ 2048 bytes, alignment ≤ 2048): a chunk of the request's
+//! - **Small** (≤ 4096 bytes, alignment ≤ 4096): a chunk of the request's
 //!   [size class](classes). Each thread has a shard; each (shard, class) pair
 //!   has a *current slab* hint, and allocation is one compare-and-swap on
 //!   that slab's bitmap ([`slab`]). Only when the slab is full does the
@@ -46,7 +46,7 @@ use shard::SHARDS;
 
 use crate::backing::{Backing, BackingPolicy, Mapping, os_page_size};
 use crate::error::Error;
-use crate::wipe::wipe;
+use crate::wipe::{wipe, wipe_chunk};
 
 pub use stats::{ClassStats, InvariantError, Stats};
 
@@ -177,6 +177,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+#[inline]
 fn slice(ptr: *mut u8, len: usize) -> NonNull<[u8]> {
     NonNull::slice_from_raw_parts(NonNull::new(ptr).expect("blocks are never null"), len)
 }
@@ -394,7 +395,18 @@ impl SecretArena {
 
     #[inline]
     fn segment_of(&self, addr: usize) -> Option<&Segment> {
-        self.segments().find(|s| s.contains(addr))
+        let n = self.segment_count();
+        let mut i = 0;
+        while i < n {
+            let p = self.segments[i].load(Ordering::Acquire);
+            // SAFETY: as in `segment`: published, live while `&self` is.
+            let seg = unsafe { &*p };
+            if seg.contains(addr) {
+                return Some(seg);
+            }
+            i += 1;
+        }
+        None
     }
 
     /// The segment whose metadata holds `m`, and `m`'s page index.
@@ -439,10 +451,10 @@ impl SecretArena {
     /// a request fails only when nothing in the arena can hold it.
     #[cold]
     fn alloc_small_fallback(&self, class: usize, layout: Layout) -> Option<NonNull<[u8]>> {
-        for bigger in class + 1..CLASS_COUNT {
-            if CLASS_SIZES[bigger] as usize % layout.align() == 0 {
+        for (bigger, &size) in CLASS_SIZES.iter().enumerate().skip(class + 1) {
+            if size as usize % layout.align() == 0 {
                 if let Some(p) = self.alloc_chunk(bigger) {
-                    return Some(slice(p as *mut u8, CLASS_SIZES[bigger] as usize));
+                    return Some(slice(p as *mut u8, size as usize));
                 }
             }
         }
@@ -623,34 +635,57 @@ impl SecretArena {
     // ----- freeing -----
 
     /// Finds the live block that starts at `addr`.
+    #[inline]
     fn locate(&self, addr: usize) -> Result<Block<'_>, Misuse> {
         let seg = self.segment_of(addr).ok_or(Misuse::Foreign(addr))?;
         let page = (addr - seg.base() as usize) / PAGE;
         let meta = seg.meta(page);
         let state = meta.state.load(Ordering::Acquire);
-        let head = match state {
-            SLAB_BODY => seg.meta(meta.aux.load(Ordering::Relaxed) as usize),
+        if state & !0xff == SLAB_HEAD {
+            // The common case: the block is in its slab's first page.
+            return Self::chunk_at(meta, state, addr, addr % PAGE);
+        }
+        self.locate_slow(seg, meta, page, state, addr)
+    }
+
+    #[cold]
+    fn locate_slow<'a>(
+        &'a self,
+        seg: &'a Segment,
+        meta: &PageMeta,
+        page: usize,
+        state: u32,
+        addr: usize,
+    ) -> Result<Block<'a>, Misuse> {
+        match state {
+            SLAB_BODY => {
+                let head_page = meta.aux.load(Ordering::Relaxed) as usize;
+                let head = seg.meta(head_page);
+                let head_state = head.state.load(Ordering::Acquire);
+                if head_state & !0xff != SLAB_HEAD || head_page > page {
+                    return Err(Misuse::NotAllocated(addr));
+                }
+                Self::chunk_at(head, head_state, addr, addr - seg.page_addr(head_page) as usize)
+            }
             RUN_HEAD if addr % PAGE == 0 => {
                 let pages = meta.aux.load(Ordering::Relaxed) as usize;
-                return Ok(Block::Run { seg, page, pages });
+                Ok(Block::Run { seg, page, pages })
             }
-            s if s & !0xff == SLAB_HEAD => meta,
-            _ => return Err(Misuse::NotAllocated(addr)),
-        };
-        let head_state = head.state.load(Ordering::Acquire);
-        if head_state & !0xff != SLAB_HEAD {
+            _ => Err(Misuse::NotAllocated(addr)),
+        }
+    }
+
+    /// The chunk at byte `off` of the slab whose head is `head`, if live.
+    #[inline]
+    fn chunk_at(head: &PageMeta, state: u32, addr: usize, off: usize) -> Result<Block<'_>, Misuse> {
+        let class = (state & 0xff) as usize;
+        let info = &CLASSES[class];
+        let idx = ((off as u64 * info.recip) >> 32) as usize;
+        if idx * info.size as usize != off || idx >= info.chunks as usize {
             return Err(Misuse::NotAllocated(addr));
         }
-        let class = (head_state & 0xff) as usize;
-        let info = &CLASSES[class];
-        let off = addr.wrapping_sub(head.base.load(Ordering::Relaxed));
-        let idx = ((off as u64 * info.recip) >> 32) as usize;
-        let allocated = head.bits[idx / 64 % classes::WORDS].load(Ordering::Relaxed) & (1 << (idx % 64)) != 0;
-        if off >= info.pages as usize * PAGE
-            || idx * info.size as usize != off
-            || idx >= info.chunks as usize
-            || !allocated
-        {
+        // A clear bit means the chunk is free already: do not even wipe it.
+        if head.bits[idx / 64].load(Ordering::Relaxed) & (1 << (idx % 64)) == 0 {
             return Err(Misuse::NotAllocated(addr));
         }
         Ok(Block::Chunk { head, class, idx })
@@ -677,8 +712,8 @@ impl SecretArena {
     fn free_chunk(&self, ptr: *mut u8, head: &PageMeta, class: usize, idx: usize) -> Result<(), Misuse> {
         let info = &CLASSES[class];
         // SAFETY: `locate` found a live chunk of `info.size` bytes at `ptr`,
-        // which the caller gives up.
-        unsafe { wipe(ptr, info.size as usize) };
+        // which the caller gives up; chunks are 16-aligned multiples of 16.
+        unsafe { wipe_chunk(ptr, info.size as usize) };
         let (w, mask) = (idx / 64, 1u64 << (idx % 64));
         let old = head.bits[w].fetch_and(!mask, Ordering::Release);
         if old & mask == 0 {
@@ -740,7 +775,7 @@ impl SecretArena {
             .compare_exchange(RUN_HEAD, RUN_FREEING, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Misuse::NotAllocated(addr))?;
         // SAFETY: the run `page..page + pages` is live and being given up.
-        unsafe { wipe(seg.page_addr(page), pages * PAGE) };
+        unsafe { wipe_chunk(seg.page_addr(page), pages * PAGE) };
         for p in page..page + pages {
             seg.meta(p).state.store(segment::FREE, Ordering::Release);
         }
@@ -788,10 +823,11 @@ impl SecretArena {
                     let stays = new.size() <= len
                         && (new.size() >= old.size() || class_for(new.size(), new.align()) == Some(class));
                     if stays {
-                        // SAFETY (both arms): the ranges lie inside the live chunk.
                         if new.size() < old.size() {
+                            // SAFETY: `new.size()..len` lies inside the live chunk.
                             unsafe { wipe(p.add(new.size()), len - new.size()) };
                         } else if zero {
+                            // SAFETY: `old.size()..new.size()` lies inside the live chunk.
                             unsafe { p.add(old.size()).write_bytes(0, new.size() - old.size()) };
                         }
                         return Ok(Some(slice(p, len)));

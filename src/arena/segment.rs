@@ -147,7 +147,7 @@ impl Segment {
         let used = s.high_water.load(Ordering::Acquire) * PAGE;
         // SAFETY: `base..base + used` is inside our mapping, and no block in it
         // is used any more, per the contract.
-        unsafe { crate::wipe::wipe(s.base(), used) };
+        unsafe { crate::wipe::wipe_chunk(s.base(), used) };
         let meta_len = s.meta_len;
         // SAFETY: we own the header; reading it out moves the Mapping, which
         // unmaps the backing when dropped here.
@@ -183,6 +183,7 @@ impl Segment {
     /// Metadata of page `p`.
     #[inline]
     pub(crate) fn meta(&self, p: usize) -> &PageMeta {
+        // Cheap, and it keeps a bad index from ever reading outside the array.
         assert!(p < self.pages, "page {p} outside a segment of {} pages", self.pages);
         // SAFETY: `p < pages`, and the array was initialised in `create`.
         unsafe { self.meta.add(p).as_ref() }

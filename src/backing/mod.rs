@@ -191,13 +191,7 @@ impl Mapping {
         drop(fd);
 
         if backing == Backing::MlockedMemfd {
-            // SAFETY: the range is our own live mapping; locking changes no contents.
-            unsafe { mm::mlock_with(mapping.base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) }.map_err(|errno| {
-                match errno {
-                    Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
-                    _ => Error::Syscall { step: Step::Lock, errno },
-                }
-            })?;
+            lock(mapping.base, len)?;
             // SAFETY: advice on our own live mapping; it changes no contents.
             unsafe { mm::madvise(mapping.base.as_ptr().cast(), len, Advice::LinuxDontDump) }
                 .map_err(|errno| Error::Syscall { step: Step::DontDump, errno })?;
@@ -232,6 +226,23 @@ impl Drop for Mapping {
         // there is nothing useful to do with the error in a destructor.
         let _ = unsafe { mm::munmap(self.reservation.as_ptr().cast(), self.reservation_len) };
     }
+}
+
+/// Locks the fallback mapping: `mlock2(MLOCK_ONFAULT)` charges the budget
+/// without populating; where the kernel lacks `mlock2` (before 4.4, or under
+/// valgrind) plain `mlock` locks and populates the whole range. Either way
+/// the memory is locked or creation fails: never silently unlocked.
+fn lock(base: NonNull<u8>, len: usize) -> Result<(), Error> {
+    // SAFETY: the range is our own live mapping; locking changes no contents.
+    let locked = match unsafe { mm::mlock_with(base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) } {
+        // SAFETY: as above.
+        Err(Errno::NOSYS) => unsafe { mm::mlock(base.as_ptr().cast(), len) },
+        other => other,
+    };
+    locked.map_err(|errno| match errno {
+        Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
+        _ => Error::Syscall { step: Step::Lock, errno },
+    })
 }
 
 /// The OS page size: the granularity of mappings and guard pages.

@@ -1,0 +1,333 @@
+//! Allocator conformance, on both backings: sizes, alignments, zeroing,
+//! resizing, exhaustion and misuse.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use allocator_api2::alloc::Allocator;
+use allocator_api2::boxed::Box;
+use allocator_api2::vec::Vec;
+use secret_arena::{Backing, BackingPolicy, SecretArena};
+
+fn arenas(capacity: usize) -> [SecretArena; 2] {
+    let secret = SecretArena::new(capacity).expect("arena");
+    let fallback =
+        SecretArena::builder().capacity(capacity).policy(BackingPolicy::ForceFallback).build().expect("fallback arena");
+    assert_eq!(fallback.backing(), Backing::MlockedMemfd);
+    [secret, fallback]
+}
+
+fn bytes<'a>(p: NonNull<[u8]>) -> &'a mut [u8] {
+    // SAFETY: a live block of the arena, used by this test alone.
+    unsafe { &mut *p.as_ptr() }
+}
+
+/// Reads `len` bytes at `p`, even after the block is freed: the arena keeps
+/// its memory mapped, so this observes what the allocator left there.
+fn peek(p: *const u8, len: usize) -> std::vec::Vec<u8> {
+    // SAFETY: `p..p + len` is inside a live mapping of the arena.
+    (0..len).map(|i| unsafe { p.add(i).read_volatile() }).collect()
+}
+
+#[test]
+fn every_size_and_alignment_is_honoured_zeroed_and_disjoint() {
+    for arena in arenas(8 << 20) {
+        let mut live: std::vec::Vec<(NonNull<[u8]>, Layout)> = std::vec::Vec::new();
+        let sizes = (0..=64).chain((65..=4096).step_by(61)).chain([2048, 2049, 4095, 4096, 4097, 8192, 65536]);
+        for size in sizes {
+            for shift in 0..=12 {
+                let layout = Layout::from_size_align(size, 1 << shift).unwrap();
+                let block = arena.allocate(layout).expect("room");
+                assert!(block.len() >= size, "{layout:?} got {} bytes", block.len());
+                assert_eq!(block.as_ptr() as *mut u8 as usize % layout.align(), 0, "{layout:?} misaligned");
+                if size > 0 {
+                    assert!(arena.contains(block.as_ptr() as *const u8));
+                    assert!(bytes(block).iter().all(|&b| b == 0), "{layout:?} not zero on allocate");
+                    let tag = (live.len() % 251 + 1) as u8;
+                    bytes(block).fill(tag);
+                }
+                live.push((block, layout));
+            }
+            // Free some as we go so slabs are reused, not only carved.
+            if size % 3 == 0 {
+                for (block, layout) in live.drain(..live.len() / 2) {
+                    // SAFETY: allocated above with `layout`, freed once.
+                    unsafe { arena.deallocate(block.cast(), layout) };
+                }
+            }
+        }
+        // No two live blocks overlap, and each still holds its own pattern.
+        let mut ranges: std::vec::Vec<(usize, usize, u8)> = live
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, l))| l.size() > 0)
+            .map(|(_, (b, _))| (b.as_ptr() as *mut u8 as usize, b.len(), bytes(*b)[0]))
+            .collect();
+        ranges.sort();
+        for w in ranges.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "blocks overlap: {:x?} and {:x?}", w[0], w[1]);
+        }
+        for (block, layout) in &live {
+            if layout.size() > 0 {
+                let tag = bytes(*block)[0];
+                assert!(bytes(*block).iter().all(|&b| b == tag), "{layout:?} pattern damaged");
+            }
+        }
+        arena.check_invariants().unwrap();
+        for (block, layout) in live {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { arena.deallocate(block.cast(), layout) };
+        }
+        arena.check_invariants().unwrap();
+        assert_eq!(arena.stats().in_use, 0);
+    }
+}
+
+#[test]
+fn freed_memory_is_zero_at_once() {
+    for arena in arenas(1 << 20) {
+        for size in [1, 16, 32, 100, 2048, 4096, 10_000] {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let block = arena.allocate(layout).unwrap();
+            bytes(block).fill(0xA5);
+            let (p, len) = (block.as_ptr() as *const u8, block.len());
+            // SAFETY: allocated above, freed once.
+            unsafe { arena.deallocate(block.cast(), layout) };
+            assert_eq!(peek(p, len), vec![0u8; len], "size {size}: secret left behind after free");
+        }
+    }
+}
+
+#[test]
+fn grow_and_shrink_keep_contents_and_wipe_what_they_leave() {
+    for arena in arenas(4 << 20) {
+        let mut sizes = vec![1usize, 20, 33, 200, 2000, 3000, 5000, 40_000, 64 << 10];
+        let mut layout = Layout::from_size_align(8, 8).unwrap();
+        let mut block = arena.allocate(layout).unwrap();
+        bytes(block)[..8].copy_from_slice(b"SECRET!!");
+        // Up through every regime, then back down.
+        let down: std::vec::Vec<usize> = sizes.iter().rev().copied().collect();
+        sizes.extend(down);
+        for &size in &sizes {
+            let new = Layout::from_size_align(size.max(8), 8).unwrap();
+            let (old_ptr, old_len) = (block.as_ptr() as *const u8, block.len());
+            block = if new.size() >= layout.size() {
+                // SAFETY: `block` is live with `layout`.
+                unsafe { arena.grow_zeroed(block.cast(), layout, new) }.unwrap()
+            } else {
+                // SAFETY: as above.
+                unsafe { arena.shrink(block.cast(), layout, new) }.unwrap()
+            };
+            let data = bytes(block);
+            assert_eq!(&data[..8], b"SECRET!!", "{} -> {}", layout.size(), new.size());
+            if new.size() > layout.size() {
+                assert!(data[layout.size()..new.size()].iter().all(|&b| b == 0), "grow_zeroed left garbage");
+            }
+            let new_ptr = block.as_ptr() as *const u8;
+            if new_ptr != old_ptr {
+                assert_eq!(peek(old_ptr, old_len), vec![0; old_len], "moved block left a copy behind");
+            } else if new.size() < layout.size() {
+                let tail = peek(new_ptr.wrapping_add(new.size()), old_len - new.size());
+                assert!(tail.iter().all(|&b| b == 0), "shrink in place left the tail");
+            }
+            // Dirty the whole new block beyond the secret, so later checks mean something.
+            data[8..new.size()].fill(0x5A);
+            layout = new;
+            arena.check_invariants().unwrap();
+        }
+        // SAFETY: live with `layout`.
+        unsafe { arena.deallocate(block.cast(), layout) };
+        arena.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn shrink_to_zero_and_grow_from_zero() {
+    let arena = SecretArena::new(64 << 10).unwrap();
+    let l0 = Layout::from_size_align(0, 16).unwrap();
+    let l64 = Layout::from_size_align(64, 16).unwrap();
+    let z = arena.allocate(l0).unwrap();
+    assert_eq!(z.len(), 0);
+    // SAFETY: `z` is a zero-size block with `l0`.
+    let b = unsafe { arena.grow(z.cast(), l0, l64) }.unwrap();
+    assert!(arena.contains(b.as_ptr() as *const u8));
+    bytes(b).fill(1);
+    let p = b.as_ptr() as *const u8;
+    // SAFETY: `b` is live with `l64`.
+    let z = unsafe { arena.shrink(b.cast(), l64, l0) }.unwrap();
+    assert_eq!(z.len(), 0);
+    assert_eq!(peek(p, 64), vec![0; 64]);
+    // SAFETY: zero-size block.
+    unsafe { arena.deallocate(z.cast(), l0) };
+    assert_eq!(arena.stats().in_use, 0);
+}
+
+#[test]
+fn exhaustion_is_an_alloc_error_and_frees_make_room_again() {
+    for arena in arenas(64 << 10) {
+        let layout = Layout::new::<[u8; 32]>();
+        let mut live = std::vec::Vec::new();
+        while let Ok(b) = arena.allocate(layout) {
+            live.push(b);
+            assert!(live.len() <= 64 << 10, "more 32-byte chunks than fit");
+        }
+        // The whole capacity is used by 32-byte chunks (some may be larger
+        // fallback classes at the very end).
+        assert!(live.len() >= (64 << 10) / 32 - 256, "only {} chunks fit", live.len());
+        assert!(arena.allocate(Layout::from_size_align(4096, 8).unwrap()).is_err());
+        for b in live.drain(..) {
+            // SAFETY: each allocated above with its own layout; we free with a
+            // layout that fits it (the chunk may be a larger class).
+            unsafe { arena.deallocate(b.cast(), layout) };
+        }
+        arena.check_invariants().unwrap();
+        // Empty slabs went back to the page pool: one block of almost the
+        // whole arena fits again.
+        let big = Layout::from_size_align((64 << 10) - 16 * 4096, 4096).unwrap();
+        let b = arena.allocate(big).expect("freed slabs return their pages");
+        // SAFETY: just allocated.
+        unsafe { arena.deallocate(b.cast(), big) };
+        assert!(arena.allocate(Layout::from_size_align(1 << 20, 8).unwrap()).is_err(), "larger than the arena");
+    }
+}
+
+#[test]
+fn growable_arena_adds_segments_up_to_its_maximum() {
+    let arena = SecretArena::builder().capacity(16 << 10).max_capacity(256 << 10).build().unwrap();
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    let mut live = std::vec::Vec::new();
+    while let Ok(b) = arena.allocate(layout) {
+        live.push(b);
+    }
+    let stats = arena.stats();
+    assert!(stats.segments > 1, "{stats:?}");
+    assert_eq!(stats.capacity, 256 << 10, "{stats:?}");
+    assert!(live.len() >= 200, "{} blocks of 1000 bytes in 256 KiB", live.len());
+    arena.check_invariants().unwrap();
+    for b in live {
+        // SAFETY: allocated above with `layout`.
+        unsafe { arena.deallocate(b.cast(), layout) };
+    }
+    arena.check_invariants().unwrap();
+}
+
+#[test]
+#[should_panic(expected = "double free")]
+fn double_free_panics() {
+    let arena = SecretArena::new(16 << 10).unwrap();
+    let layout = Layout::new::<u64>();
+    let b = arena.allocate(layout).unwrap();
+    // Keep another chunk live so the slab is not released in between.
+    let _other = arena.allocate(layout).unwrap();
+    // SAFETY: first free is valid; the second is the misuse under test.
+    unsafe {
+        arena.deallocate(b.cast(), layout);
+        arena.deallocate(b.cast(), layout);
+    }
+}
+
+#[test]
+#[should_panic(expected = "double free")]
+fn double_free_of_a_page_run_panics() {
+    let arena = SecretArena::new(64 << 10).unwrap();
+    let layout = Layout::from_size_align(10_000, 8).unwrap();
+    let b = arena.allocate(layout).unwrap();
+    // SAFETY: first free is valid; the second is the misuse under test.
+    unsafe {
+        arena.deallocate(b.cast(), layout);
+        arena.deallocate(b.cast(), layout);
+    }
+}
+
+#[test]
+#[should_panic(expected = "was not allocated by this arena")]
+fn foreign_pointer_panics() {
+    let arena = SecretArena::new(16 << 10).unwrap();
+    let mut local = 0u64;
+    // SAFETY: deliberately broken contract: a pointer the arena never gave.
+    unsafe { arena.deallocate(NonNull::from(&mut local).cast(), Layout::new::<u64>()) };
+}
+
+#[test]
+#[should_panic(expected = "interior pointer")]
+fn interior_pointer_panics() {
+    let arena = SecretArena::new(16 << 10).unwrap();
+    let layout = Layout::new::<[u8; 64]>();
+    let b = arena.allocate(layout).unwrap();
+    // SAFETY: deliberately broken contract: 8 bytes into a live block.
+    unsafe { arena.deallocate(b.cast::<u8>().add(8), Layout::new::<u64>()) };
+}
+
+#[test]
+#[should_panic(expected = "whose block has only")]
+fn oversized_layout_on_free_panics() {
+    let arena = SecretArena::new(16 << 10).unwrap();
+    let b = arena.allocate(Layout::new::<[u8; 32]>()).unwrap();
+    // SAFETY: deliberately broken contract: a layout larger than the block.
+    unsafe { arena.deallocate(b.cast(), Layout::new::<[u8; 4096]>()) };
+}
+
+#[test]
+fn vec_box_and_hashmap_live_in_the_arena() {
+    for arena in arenas(1 << 20) {
+        let mut v: Vec<u8, &SecretArena> = Vec::new_in(&arena);
+        for i in 0..50_000u32 {
+            v.push(i as u8);
+        }
+        assert!(arena.contains(v.as_ptr()));
+        assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
+
+        let b = Box::new_in([7u64; 4], &arena);
+        assert!(arena.contains(b.as_ptr() as *const u8));
+
+        let mut keys = hashbrown::HashMap::new_in(&arena);
+        for i in 0..1000u32 {
+            keys.insert(format!("key-{i}"), [i as u8; 32]);
+        }
+        for i in (0..1000u32).step_by(2) {
+            keys.remove(&format!("key-{i}"));
+        }
+        assert_eq!(keys.len(), 500);
+        assert_eq!(keys[&"key-501".to_string()], [245u8; 32]);
+        drop((v, b, keys));
+        arena.check_invariants().unwrap();
+        assert_eq!(arena.stats().in_use, 0);
+    }
+}
+
+#[test]
+fn threads_share_one_arena() {
+    let arena = SecretArena::new(8 << 20).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..6u8 {
+            let arena = &arena;
+            s.spawn(move || {
+                for round in 0..200 {
+                    let mut v: Vec<u8, &SecretArena> = Vec::new_in(arena);
+                    let n = 1 + (round * 37 + t as usize * 11) % 3000;
+                    v.resize(n, t + 1);
+                    std::thread::yield_now();
+                    assert!(v.iter().all(|&b| b == t + 1), "thread {t} saw another's data");
+                }
+            });
+        }
+    });
+    arena.check_invariants().unwrap();
+    assert_eq!(arena.stats().in_use, 0);
+}
+
+#[test]
+fn default_arena_is_lazy_and_shared() {
+    let a = secret_arena::global().unwrap();
+    let b = secret_arena::global().unwrap();
+    assert!(std::ptr::eq(a, b));
+    let boxed = Box::new_in(*b"0123456789abcdef", secret_arena::DefaultArena);
+    assert!(a.contains(boxed.as_ptr()));
+}
+
+#[test]
+fn zero_capacity_is_an_error() {
+    let e = SecretArena::new(0).unwrap_err();
+    assert!(matches!(e, secret_arena::Error::InvalidCapacity { requested: 0 }), "{e:?}");
+    assert!(e.to_string().contains("must be non-zero"), "{e}");
+}

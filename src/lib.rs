@@ -2,14 +2,15 @@
 #![cfg(any(target_os = "linux", target_os = "android"))]
 
 mod alloc_api;
-pub mod arena;
+mod arena;
 mod backing;
 mod error;
 mod global;
 mod wipe;
 
 pub use alloc_api::SecretGlobalAlloc;
-pub use arena::{ClassStats, InvariantError, SecretArena, SecretArenaBuilder, Stats};
+pub use arena::classes::CLASS_COUNT;
+pub use arena::{ClassStats, DEFAULT_CAPACITY, InvariantError, MAX_SEGMENTS, SecretArena, SecretArenaBuilder, Stats};
 pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available, memlock_budget};
 pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};

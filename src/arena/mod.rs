@@ -81,7 +81,7 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 ///
 /// # Invariants
 ///
-/// See the [module docs](self): every free byte is zero; committed plus free
+/// Every free byte is zero; committed plus free
 /// pages equal capacity; each slab is in its class's list.
 pub struct SecretArena {
     /// Published segments; `segments[..segment_count]` are non-null and live

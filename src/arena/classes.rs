@@ -43,9 +43,9 @@ pub(crate) struct ClassInfo {
     /// `ceil(2^32 / size)`: `(offset * recip) >> 32 == offset / size` for
     /// every offset inside a slab (offset < 2^15, size < 2^17).
     pub recip: u64,
-    /// Bitmap value of an empty slab: bits of chunks that do not exist are
-    /// set, so they are never handed out.
-    pub empty: [u64; WORDS],
+    /// Bitmap value of an empty slab: one bit per chunk that exists (1 =
+    /// free). Bits past the last chunk stay 0, so they are never handed out.
+    pub all_free: [u64; WORDS],
 }
 
 /// Picks the fewest pages (1 to 8) whose slab wastes at most 1/16 of itself.
@@ -74,7 +74,7 @@ const fn slab_pages(size: usize) -> usize {
 }
 
 const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
-    let mut out = [ClassInfo { size: 0, pages: 0, chunks: 0, recip: 0, empty: [0; WORDS] }; CLASS_COUNT];
+    let mut out = [ClassInfo { size: 0, pages: 0, chunks: 0, recip: 0, all_free: [0; WORDS] }; CLASS_COUNT];
     let mut c = 0;
     while c < CLASS_COUNT {
         let size = CLASS_SIZES[c] as usize;
@@ -83,16 +83,16 @@ const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
         if chunks > MAX_CHUNKS {
             chunks = MAX_CHUNKS;
         }
-        let mut empty = [0u64; WORDS];
+        let mut all_free = [0u64; WORDS];
         let mut w = 0;
         while w < WORDS {
             let first = w * 64;
-            empty[w] = if first >= chunks {
-                u64::MAX
-            } else if chunks - first >= 64 {
+            all_free[w] = if first >= chunks {
                 0
+            } else if chunks - first >= 64 {
+                u64::MAX
             } else {
-                u64::MAX << (chunks - first)
+                (1u64 << (chunks - first)) - 1
             };
             w += 1;
         }
@@ -101,7 +101,7 @@ const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
             pages: pages as u32,
             chunks: chunks as u32,
             recip: (1u64 << 32).div_ceil(size as u64),
-            empty,
+            all_free,
         };
         c += 1;
     }
@@ -156,8 +156,8 @@ mod tests {
         for (c, info) in CLASSES.iter().enumerate() {
             assert!(info.chunks as usize <= MAX_CHUNKS, "class {c}: {info:?}");
             assert!(info.chunks as usize * info.size as usize <= info.pages as usize * PAGE, "class {c}");
-            let free_bits: u32 = info.empty.iter().map(|w| w.count_zeros()).sum();
-            assert_eq!(free_bits, info.chunks, "class {c}: empty mask {:x?}", info.empty);
+            let free_bits: u32 = info.all_free.iter().map(|w| w.count_ones()).sum();
+            assert_eq!(free_bits, info.chunks, "class {c}: all_free mask {:x?}", info.all_free);
         }
     }
 

@@ -550,8 +550,8 @@ impl SecretArena {
         list.count += 1;
         head.state.store(SLAB_HEAD | class as u32, Ordering::Relaxed);
         // Publishing the bitmap last: whoever acquires it sees state and base.
-        for (w, &empty) in info.empty.iter().enumerate() {
-            head.bits[w].store(empty, Ordering::Release);
+        for (w, &all_free) in info.all_free.iter().enumerate() {
+            head.bits[w].store(all_free, Ordering::Release);
         }
         Some(head)
     }
@@ -684,8 +684,8 @@ impl SecretArena {
         if idx * info.size as usize != off || idx >= info.chunks as usize {
             return Err(Misuse::NotAllocated(addr));
         }
-        // A clear bit means the chunk is free already: do not even wipe it.
-        if head.bits[idx / 64].load(Ordering::Relaxed) & (1 << (idx % 64)) == 0 {
+        // A set bit means the chunk is free already: do not even wipe it.
+        if head.bits[idx / 64].load(Ordering::Relaxed) & (1 << (idx % 64)) != 0 {
             return Err(Misuse::NotAllocated(addr));
         }
         Ok(Block::Chunk { head, class, idx })
@@ -715,14 +715,14 @@ impl SecretArena {
         // which the caller gives up; chunks are 16-aligned multiples of 16.
         unsafe { wipe_chunk(ptr, info.size as usize) };
         let (w, mask) = (idx / 64, 1u64 << (idx % 64));
-        let old = head.bits[w].fetch_and(!mask, Ordering::Release);
-        if old & mask == 0 {
+        let old = head.bits[w].fetch_or(mask, Ordering::Release);
+        if old & mask != 0 {
             return Err(Misuse::NotAllocated(ptr as usize));
         }
-        if old == u64::MAX {
+        if old == 0 {
             self.classes[class].partial.store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
         }
-        if old & !mask == info.empty[w] && head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
+        if old | mask == info.all_free[w] && head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
             self.release_slab(head, class);
         }
         Ok(())
@@ -740,7 +740,7 @@ impl SecretArena {
         {
             return;
         }
-        // No chunk can be taken from it now (all bits set). Unlink it.
+        // No chunk can be taken from it now (no bit set). Unlink it.
         let (prev, next) = (head.prev.load(Ordering::Relaxed), head.next.load(Ordering::Relaxed));
         if prev.is_null() {
             list.head = next;

@@ -8,16 +8,20 @@
 //! - the [`Segment`] header;
 //! - one 64-byte [`PageMeta`] per arena page, which says what the page is
 //!   and, for the first page of a slab, holds the slab's chunk bitmap;
-//! - the free-page bitmap (one bit per page, 1 = free), read and written only
-//!   under the arena's page lock.
+//! - the used-page bitmap (one bit per page, 1 = used), read and written
+//!   only under the arena's page lock.
+//!
+//! All-zero bytes are a valid initial state for both (free pages, nothing to
+//! take from any bitmap), so creating a segment touches no metadata page: a
+//! large arena costs no memory until it is used.
 //!
 //! # Invariants
 //!
-//! 1. A page is free in the bitmap ⇔ its `state` is [`FREE`].
+//! 1. A page is free in the used-page bitmap ⇔ its `state` is [`FREE`].
 //! 2. The `bits` of every `PageMeta` that is not a live slab head are all
-//!    ones, so a stale pointer to it can never allocate from it.
-//! 3. A slab head's `bits` have a 1 exactly for chunks handed out and for
-//!    the chunk slots past the end of the slab (`ClassInfo::empty`).
+//!    zero, so a stale pointer to it can never allocate from it.
+//! 3. A slab head's `bits` have a 1 exactly for its free chunks; slots past
+//!    the end of the slab stay 0 (`ClassInfo::all_free`).
 //! 4. Pages at or above `high_water` have never been handed out, so they are
 //!    untouched and zero.
 
@@ -58,7 +62,7 @@ pub(crate) struct PageMeta {
     pub next: AtomicPtr<PageMeta>,
     /// Slab heads: address of the slab's first byte.
     pub base: AtomicUsize,
-    /// Slab heads: 1 = chunk handed out (or nonexistent). Invariants 2 and 3.
+    /// Slab heads: 1 = free chunk. Invariants 2 and 3.
     pub bits: [AtomicU64; WORDS],
 }
 
@@ -68,7 +72,7 @@ pub(crate) struct Segment {
     /// Arena pages in the mapping.
     pages: usize,
     meta: NonNull<PageMeta>,
-    free_map: NonNull<AtomicU64>,
+    used_map: NonNull<AtomicU64>,
     /// Where the next first-fit search starts (page lock).
     search_hint: AtomicUsize,
     /// One past the highest page ever handed out (page lock to write).
@@ -92,29 +96,11 @@ impl Segment {
         }
         .map_err(|errno| Error::Syscall { step: Step::Metadata, errno })?;
         let raw = raw.cast::<u8>();
+        // The PageMeta array and the used-page map stay as mmap gave them:
+        // zero, which is FREE pages with empty bitmaps and no page used.
         // SAFETY: offsets are inside the `meta_len` bytes just mapped, and are
         // aligned for their types (64 for PageMeta, 8 for the bitmap).
-        let (meta, free_map) = unsafe { (raw.add(meta_off).cast::<PageMeta>(), raw.add(map_off).cast::<AtomicU64>()) };
-        for p in 0..pages {
-            // SAFETY: `p < pages`, inside the PageMeta array; the memory is
-            // fresh and zero, and we write a full valid value.
-            unsafe {
-                meta.add(p).write(PageMeta {
-                    state: AtomicU32::new(FREE),
-                    aux: AtomicU32::new(0),
-                    prev: AtomicPtr::new(core::ptr::null_mut()),
-                    next: AtomicPtr::new(core::ptr::null_mut()),
-                    base: AtomicUsize::new(0),
-                    bits: [const { AtomicU64::new(u64::MAX) }; WORDS],
-                })
-            };
-        }
-        for w in 0..words {
-            let in_word = (pages - w * 64).min(64);
-            let value = if in_word == 64 { u64::MAX } else { (1u64 << in_word) - 1 };
-            // SAFETY: `w < words`, inside the bitmap.
-            unsafe { free_map.add(w).write(AtomicU64::new(value)) };
-        }
+        let (meta, used_map) = unsafe { (raw.add(meta_off).cast::<PageMeta>(), raw.add(map_off).cast::<AtomicU64>()) };
         let header = raw.cast::<Segment>();
         // SAFETY: offset 0 of the fresh mapping is aligned and large enough
         // (meta_off >= size_of::<Segment>()).
@@ -124,7 +110,7 @@ impl Segment {
                 pages,
                 // SAFETY (both): derived from a non-null mmap result.
                 meta: NonNull::new_unchecked(meta),
-                free_map: NonNull::new_unchecked(free_map),
+                used_map: NonNull::new_unchecked(used_map),
                 search_hint: AtomicUsize::new(0),
                 high_water: AtomicUsize::new(0),
                 meta_len,
@@ -185,7 +171,8 @@ impl Segment {
     pub(crate) fn meta(&self, p: usize) -> &PageMeta {
         // Cheap, and it keeps a bad index from ever reading outside the array.
         assert!(p < self.pages, "page {p} outside a segment of {} pages", self.pages);
-        // SAFETY: `p < pages`, and the array was initialised in `create`.
+        // SAFETY: `p < pages`, inside the array; all-zero bytes, as mmap gives
+        // them, are a valid PageMeta (atomics and null pointers).
         unsafe { self.meta.add(p).as_ref() }
     }
 
@@ -208,15 +195,15 @@ impl Segment {
         self.high_water.load(Ordering::Acquire)
     }
 
-    fn free_word(&self, w: usize) -> &AtomicU64 {
-        debug_assert!(w < self.pages.div_ceil(64));
-        // SAFETY: `w` is inside the bitmap initialised in `create`.
-        unsafe { self.free_map.add(w).as_ref() }
+    fn used_word(&self, w: usize) -> &AtomicU64 {
+        assert!(w < self.pages.div_ceil(64), "used-page word {w} past the map");
+        // SAFETY: `w` is inside the zero-initialised map of `create`.
+        unsafe { self.used_map.add(w).as_ref() }
     }
 
-    /// Whether page `p` is free in the bitmap.
+    /// Whether page `p` is free in the used-page map.
     pub(crate) fn page_is_free(&self, p: usize) -> bool {
-        self.free_word(p / 64).load(Ordering::Relaxed) & (1 << (p % 64)) != 0
+        self.used_word(p / 64).load(Ordering::Relaxed) & (1 << (p % 64)) == 0
     }
 
     /// Whether pages `start..start + n` are all free. Page lock held.
@@ -228,13 +215,13 @@ impl Segment {
     fn set_range(&self, start: usize, n: usize, used: bool) {
         for p in start..start + n {
             let mask = 1u64 << (p % 64);
-            let word = self.free_word(p / 64);
+            let word = self.used_word(p / 64);
             if used {
-                debug_assert!(word.load(Ordering::Relaxed) & mask != 0, "page {p} taken twice");
-                word.fetch_and(!mask, Ordering::Relaxed);
-            } else {
-                debug_assert!(word.load(Ordering::Relaxed) & mask == 0, "page {p} freed twice");
+                debug_assert!(word.load(Ordering::Relaxed) & mask == 0, "page {p} taken twice");
                 word.fetch_or(mask, Ordering::Relaxed);
+            } else {
+                debug_assert!(word.load(Ordering::Relaxed) & mask != 0, "page {p} freed twice");
+                word.fetch_and(!mask, Ordering::Relaxed);
             }
         }
     }
@@ -285,7 +272,7 @@ impl Segment {
         let mut p = from;
         while p < to {
             // Skip whole used words quickly.
-            let w = self.free_word(p / 64).load(Ordering::Relaxed) >> (p % 64);
+            let w = !self.used_word(p / 64).load(Ordering::Relaxed) >> (p % 64);
             if w == 0 {
                 p = (p / 64 + 1) * 64;
                 continue;

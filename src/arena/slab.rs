@@ -1,14 +1,15 @@
 //! Chunk bitmaps: the lock-free fast path.
 //!
-//! A slab's head [`PageMeta`] holds one bit per chunk (1 = handed out).
-//! Allocation finds a 0 bit and sets it with a compare-and-swap; freeing
-//! clears it with `fetch_and`, and a bit that was already clear is a double
-//! free. No lock is taken, so threads on different slabs never meet, and two
+//! A slab's head [`PageMeta`] holds one bit per chunk (1 = free).
+//! Allocation finds a 1 bit and clears it with a compare-and-swap; freeing
+//! sets it with `fetch_or`, and a bit that was already set is a double free.
+//! All-zero metadata (a fresh anonymous mapping) thus means "nothing to
+//! take", so a segment's metadata needs no initialisation. No lock is taken, so threads on different slabs never meet, and two
 //! threads on one slab meet only on the bitmap word.
 //!
 //! A thread may hold a stale pointer to a head that has since been released
 //! and re-carved for another class. That is harmless: a released head's bits
-//! are all ones (nothing to take), and after a successful CAS the allocator
+//! are all zero (nothing to take), and after a successful CAS the allocator
 //! re-reads the head's `state`. The CAS acquires the `Release` store that
 //! published the bitmap, which was made after `state`, so a mismatch is seen
 //! and the bit is given back.
@@ -24,14 +25,14 @@ impl PageMeta {
     pub(crate) fn try_alloc(&self, class: usize, info: &ClassInfo) -> Option<usize> {
         for (w, word) in self.bits.iter().enumerate() {
             let mut v = word.load(Ordering::Relaxed);
-            while v != u64::MAX {
-                let bit = (!v).trailing_zeros();
+            while v != 0 {
+                let bit = v.trailing_zeros();
                 let mask = 1u64 << bit;
-                match word.compare_exchange_weak(v, v | mask, Ordering::Acquire, Ordering::Relaxed) {
+                match word.compare_exchange_weak(v, v & !mask, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) => {
                         if self.state.load(Ordering::Relaxed) != SLAB_HEAD | class as u32 {
                             // A stale pointer to a slab of another class: give it back.
-                            word.fetch_and(!mask, Ordering::Release);
+                            word.fetch_or(mask, Ordering::Release);
                             return None;
                         }
                         let idx = w * 64 + bit as usize;
@@ -47,26 +48,26 @@ impl PageMeta {
 
     /// Whether any chunk is free.
     pub(crate) fn has_free(&self) -> bool {
-        self.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX)
+        self.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0)
     }
 
     /// Whether every chunk is free.
     pub(crate) fn is_empty(&self, info: &ClassInfo) -> bool {
-        self.bits.iter().zip(&info.empty).all(|(w, &e)| w.load(Ordering::Relaxed) == e)
+        self.bits.iter().zip(&info.all_free).all(|(w, &f)| w.load(Ordering::Relaxed) == f)
     }
 
     /// Chunks handed out.
     pub(crate) fn used_chunks(&self, info: &ClassInfo) -> usize {
-        self.bits.iter().zip(&info.empty).map(|(w, &e)| (w.load(Ordering::Relaxed) & !e).count_ones() as usize).sum()
+        self.bits.iter().zip(&info.all_free).map(|(w, &f)| (f & !w.load(Ordering::Relaxed)).count_ones() as usize).sum()
     }
 
-    /// Turns an empty slab's bitmap to all ones, so no one can allocate from
+    /// Turns an empty slab's bitmap to all zeros, so no one can allocate from
     /// it any more. Fails, changing nothing, if any chunk is in use.
     pub(crate) fn reserve_if_empty(&self, info: &ClassInfo) -> bool {
         for w in 0..WORDS {
-            if self.bits[w].compare_exchange(info.empty[w], u64::MAX, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            if self.bits[w].compare_exchange(info.all_free[w], 0, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 for undo in 0..w {
-                    self.bits[undo].store(info.empty[undo], Ordering::Release);
+                    self.bits[undo].store(info.all_free[undo], Ordering::Release);
                 }
                 return false;
             }

@@ -218,7 +218,7 @@ fn check_segment(si: usize, seg: &Segment, slabs: &mut [usize; CLASS_COUNT]) -> 
             return Err(err("page state and free-page bitmap disagree", si, p, state as usize));
         }
         if state == FREE {
-            if m.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX) {
+            if m.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
                 return Err(err("a free page has a usable bitmap", si, p, 0));
             }
             if p < high_water {
@@ -243,18 +243,18 @@ fn check_segment(si: usize, seg: &Segment, slabs: &mut [usize; CLASS_COUNT]) -> 
                 if b.state.load(Ordering::Relaxed) != SLAB_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
                     return Err(err("slab body page does not point at its head", si, body, p));
                 }
-                if b.bits.iter().any(|w| w.load(Ordering::Relaxed) != u64::MAX) {
+                if b.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
                     return Err(err("a slab body page has a usable bitmap", si, body, 0));
                 }
             }
             for w in 0..WORDS {
                 let bits = m.bits[w].load(Ordering::Relaxed);
-                if bits & info.empty[w] != info.empty[w] {
-                    return Err(err("bits of nonexistent chunks are clear", si, p, w));
+                if bits & !info.all_free[w] != 0 {
+                    return Err(err("bits of nonexistent chunks are set", si, p, w));
                 }
                 for bit in 0..64 {
                     let idx = w * 64 + bit;
-                    if idx < info.chunks as usize && bits & (1 << bit) == 0 {
+                    if idx < info.chunks as usize && bits & (1 << bit) != 0 {
                         let chunk = seg.page_addr(p).wrapping_add(idx * info.size as usize);
                         check_zero(si, p, chunk, info.size as usize, idx * info.size as usize)?;
                     }

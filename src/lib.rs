@@ -6,6 +6,10 @@ pub mod arena;
 mod backing;
 mod error;
 mod global;
+mod secret_box;
+#[cfg(feature = "serde")]
+mod secret_serde;
+mod secret_vec;
 mod wipe;
 
 pub use alloc_api::SecretGlobalAlloc;
@@ -13,6 +17,10 @@ pub use arena::{ClassStats, InvariantError, SecretArena, SecretArenaBuilder, Sta
 pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available, memlock_budget};
 pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
+pub use secret_box::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice};
+#[cfg(feature = "serde")]
+pub use secret_serde::SerializableSecret;
+pub use secret_vec::{SecretString, SecretVec};
 
 /// allocator-api2, re-exported so users name the same `Allocator` trait.
 pub use allocator_api2;

@@ -617,7 +617,11 @@ impl<T: Zeroize + Default, A: Allocator + Default> Default for SecretBox<T, A> {
     }
 }
 
-/// Constant-time comparison of the secrets (`subtle` feature).
+/// Constant-time comparison of the secrets' bytes (`subtle` feature), for
+/// any `T` that is bytes: arrays, slices, `str`, `Vec<u8>`.
+///
+/// Only the length is compared with an early exit: secrets of different
+/// lengths are unequal at once (the length is not treated as secret).
 ///
 /// # Examples
 ///
@@ -629,23 +633,23 @@ impl<T: Zeroize + Default, A: Allocator + Default> Default for SecretBox<T, A> {
 /// let b = SecretBox::new([1u8; 32]);
 /// assert!(bool::from(a.ct_eq(&b)));
 /// assert!(a == b);
+/// assert!(a != SecretBox::new([2u8; 32]));
 /// ```
 #[cfg(feature = "subtle")]
-impl<T: Zeroize + ?Sized + subtle::ConstantTimeEq, A: Allocator> subtle::ConstantTimeEq for SecretBox<T, A> {
+impl<T: Zeroize + ?Sized + AsRef<[u8]>, A: Allocator> subtle::ConstantTimeEq for SecretBox<T, A> {
     fn ct_eq(&self, other: &Self) -> subtle::Choice {
-        self.expose_secret().ct_eq(other.expose_secret())
+        self.expose_secret().as_ref().ct_eq(other.expose_secret().as_ref())
     }
 }
 
 /// `==` through [`subtle::ConstantTimeEq`]: no early exit on the first
-/// differing byte. Slices of different lengths compare unequal at once
-/// (the length is not treated as secret).
+/// differing byte.
 #[cfg(feature = "subtle")]
-impl<T: Zeroize + ?Sized + subtle::ConstantTimeEq, A: Allocator> PartialEq for SecretBox<T, A> {
+impl<T: Zeroize + ?Sized + AsRef<[u8]>, A: Allocator> PartialEq for SecretBox<T, A> {
     fn eq(&self, other: &Self) -> bool {
         subtle::ConstantTimeEq::ct_eq(self, other).into()
     }
 }
 
 #[cfg(feature = "subtle")]
-impl<T: Zeroize + ?Sized + subtle::ConstantTimeEq, A: Allocator> Eq for SecretBox<T, A> {}
+impl<T: Zeroize + ?Sized + AsRef<[u8]>, A: Allocator> Eq for SecretBox<T, A> {}

@@ -133,11 +133,11 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 /// # Ok::<(), secret_arena::Error>(())
 /// ```
 ///
-/// Misuse does not compile. There is no `Display`:
+/// Misuse does not compile. There is no `Display`, even when `T` has one:
 ///
 /// ```compile_fail,E0277
-/// let key = secret_arena::SecretBox::new([1u8; 32]);
-/// println!("{}", key);
+/// let pin = secret_arena::SecretBox::new(1234u32);
+/// println!("{}", pin);
 /// ```
 ///
 /// No `Clone` unless `T: CloneableSecret`:

@@ -3,8 +3,11 @@
 //! - `Deserialize` for [`SecretVec`] and [`SecretString`] writes the bytes
 //!   straight into secret memory: borrowed input is copied in, and an owned
 //!   `String` or `Vec<u8>` handed over by the deserializer is zeroized after
-//!   the copy. Buffers inside the deserializer itself (serde_json's scratch
-//!   buffer for strings with escapes, for instance) are out of our reach.
+//!   the copy. Buffers inside the deserializer itself are out of our reach:
+//!   serde_json copies a string with escapes, and every string read by
+//!   `from_reader`, into a scratch `Vec` it frees without wiping (measured
+//!   with the scanning allocator of `tests/serde_leaks.rs`). Installing
+//!   `SecretGlobalAlloc` puts that buffer in the arena, which wipes it.
 //! - `Deserialize` for [`SecretBox<T>`] deserializes a `T` and swaps it into
 //!   a default `T` already in secret memory, so the stack slot it was built
 //!   in is overwritten by the default value; for a `T` that owns a heap

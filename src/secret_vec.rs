@@ -404,6 +404,12 @@ impl<A: Allocator> Eq for SecretVec<A> {}
 /// `secrecy::SecretString` a rename of the import; `From<String>` zeroizes
 /// the `String`'s buffer after copying it.
 ///
+/// With the `serde` feature it deserializes from a string straight into
+/// secret memory; an owned `String` the deserializer hands over is zeroized.
+/// serde_json's own scratch buffer (used for strings with escapes, and by
+/// `from_reader`) is freed unwiped unless the program installs
+/// [`SecretGlobalAlloc`](crate::SecretGlobalAlloc).
+///
 /// # Examples
 ///
 /// ```

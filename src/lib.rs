@@ -7,8 +7,10 @@ mod backing;
 mod error;
 mod global;
 mod secret_box;
+mod secret_bytes;
 #[cfg(feature = "serde")]
 mod secret_serde;
+mod secret_string;
 mod secret_vec;
 mod wipe;
 
@@ -20,7 +22,8 @@ pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, gl
 pub use secret_box::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice};
 #[cfg(feature = "serde")]
 pub use secret_serde::SerializableSecret;
-pub use secret_vec::{SecretString, SecretVec};
+pub use secret_string::SecretString;
+pub use secret_vec::SecretVec;
 
 /// allocator-api2, re-exported so users name the same `Allocator` trait.
 pub use allocator_api2;

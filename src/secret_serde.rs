@@ -23,7 +23,8 @@ use serde::ser::{Serialize, Serializer};
 use zeroize::Zeroize;
 
 use crate::secret_box::{ExposeSecret, ExposeSecretMut, SecretBox};
-use crate::secret_vec::{SecretString, SecretVec};
+use crate::secret_string::SecretString;
+use crate::secret_vec::SecretVec;
 
 /// Marker: a secret type that may be serialized (written out in the
 /// clear). [`SecretBox<T>`] is `Serialize` only when `T` implements it.

@@ -72,6 +72,10 @@ impl SecretBox<[u8]> {
     ///
     /// let key = SecretBox::<[u8]>::random(32)?;
     /// assert_eq!(key.expose_secret().len(), 32);
+    ///
+    /// // A fixed-size key: getrandom writes into the box directly.
+    /// let key = SecretBox::<[u8; 32]>::try_init_with_mut(|k| getrandom::fill(k))?;
+    /// assert_ne!(key.expose_secret(), &[0; 32]);
     /// # Ok::<(), getrandom::Error>(())
     /// ```
     #[cfg(feature = "getrandom")]

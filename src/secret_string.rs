@@ -103,7 +103,8 @@ impl<A: Allocator> SecretString<A> {
         self.bytes.is_empty()
     }
 
-    /// Shortens the string to `len` bytes, wiping the rest.
+    /// Shortens the string to `len` bytes, wiping the rest. Does nothing if
+    /// `len >= self.len()`.
     ///
     /// # Panics
     ///
@@ -117,10 +118,14 @@ impl<A: Allocator> SecretString<A> {
     /// let mut s = SecretString::from("pass word");
     /// s.truncate(4);
     /// assert_eq!(s.expose_secret(), "pass");
+    /// s.truncate(100);
+    /// assert_eq!(s.expose_secret(), "pass");
     /// ```
     pub fn truncate(&mut self, len: usize) {
-        assert!(self.expose_secret().is_char_boundary(len), "SecretString::truncate: {len} is not a char boundary");
-        self.bytes.truncate(len);
+        if len < self.len() {
+            assert!(self.expose_secret().is_char_boundary(len), "SecretString::truncate: {len} is not a char boundary");
+            self.bytes.truncate(len);
+        }
     }
 
     /// Removes the last character (a backspace), wiping its bytes.

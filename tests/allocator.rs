@@ -17,6 +17,12 @@ fn arenas(capacity: usize) -> [SecretArena; 2] {
     [secret, fallback]
 }
 
+/// Every invariant of the arena, "every free byte is zero" included.
+fn check(arena: &SecretArena) {
+    // SAFETY: the tests call this only while no other thread uses `arena`.
+    unsafe { arena.check_invariants() }.unwrap();
+}
+
 fn bytes<'a>(p: NonNull<[u8]>) -> &'a mut [u8] {
     // SAFETY: a live block of the arena, used by this test alone.
     unsafe { &mut *p.as_ptr() }
@@ -73,12 +79,12 @@ fn every_size_and_alignment_is_honoured_zeroed_and_disjoint() {
                 assert!(bytes(*block).iter().all(|&b| b == tag), "{layout:?} pattern damaged");
             }
         }
-        arena.check_invariants().unwrap();
+        check(&arena);
         for (block, layout) in live {
             // SAFETY: allocated above with `layout`, freed once.
             unsafe { arena.deallocate(block.cast(), layout) };
         }
-        arena.check_invariants().unwrap();
+        check(&arena);
         assert_eq!(arena.stats().in_use, 0);
     }
 }
@@ -133,11 +139,11 @@ fn grow_and_shrink_keep_contents_and_wipe_what_they_leave() {
             // Dirty the whole new block beyond the secret, so later checks mean something.
             data[8..new.size()].fill(0x5A);
             layout = new;
-            arena.check_invariants().unwrap();
+            check(&arena);
         }
         // SAFETY: live with `layout`.
         unsafe { arena.deallocate(block.cast(), layout) };
-        arena.check_invariants().unwrap();
+        check(&arena);
     }
 }
 
@@ -160,7 +166,7 @@ fn shrink_in_place_wipes_the_rest_of_the_chunk() {
             assert!(after[to..].iter().all(|&x| x == 0), "{from} -> {to} left the tail");
             // SAFETY: `s` is live with `new`.
             unsafe { arena.deallocate(s.cast(), new) };
-            arena.check_invariants().unwrap();
+            check(&arena);
         }
     }
 }
@@ -204,7 +210,7 @@ fn exhaustion_is_an_alloc_error_and_frees_make_room_again() {
             // layout that fits it (the chunk may be a larger class).
             unsafe { arena.deallocate(b.cast(), layout) };
         }
-        arena.check_invariants().unwrap();
+        check(&arena);
         // Empty slabs went back to the page pool: one block of almost the
         // whole arena fits again (a shard may keep its current slab).
         assert!(arena.stats().committed <= 4096, "{:?}", arena.stats());
@@ -228,12 +234,12 @@ fn growable_arena_adds_segments_up_to_its_maximum() {
     assert!(stats.segments > 1, "{stats:?}");
     assert_eq!(stats.capacity, 256 << 10, "{stats:?}");
     assert!(live.len() >= 200, "{} blocks of 1000 bytes in 256 KiB", live.len());
-    arena.check_invariants().unwrap();
+    check(&arena);
     for b in live {
         // SAFETY: allocated above with `layout`.
         unsafe { arena.deallocate(b.cast(), layout) };
     }
-    arena.check_invariants().unwrap();
+    check(&arena);
 }
 
 #[test]
@@ -315,7 +321,7 @@ fn vec_box_and_hashmap_live_in_the_arena() {
         assert_eq!(keys.len(), 500);
         assert_eq!(keys[&"key-501".to_string()], [245u8; 32]);
         drop((v, b, keys));
-        arena.check_invariants().unwrap();
+        check(&arena);
         assert_eq!(arena.stats().in_use, 0);
     }
 }
@@ -337,7 +343,7 @@ fn threads_share_one_arena() {
             });
         }
     });
-    arena.check_invariants().unwrap();
+    check(&arena);
     assert_eq!(arena.stats().in_use, 0);
 }
 
@@ -355,4 +361,56 @@ fn zero_capacity_is_an_error() {
     let e = SecretArena::new(0).unwrap_err();
     assert!(matches!(e, secret_arena::Error::InvalidCapacity { requested: 0 }), "{e:?}");
     assert!(e.to_string().contains("must be non-zero"), "{e}");
+}
+
+#[test]
+fn empty_slabs_owned_by_idle_threads_are_reclaimed_before_failing() {
+    // Each thread leaves an (empty) current slab in every class; together
+    // they would pin more pages than the arena has.
+    let arena = SecretArena::new(1 << 20).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for size in (16..=4096).step_by(16) {
+                    let layout = Layout::from_size_align(size, 16).unwrap();
+                    let b = arena.allocate(layout).unwrap();
+                    // SAFETY: just allocated with `layout`.
+                    unsafe { arena.deallocate(b.cast(), layout) };
+                }
+            });
+        }
+    });
+    assert_eq!(arena.stats().in_use, 0);
+    let half = Layout::from_size_align(512 << 10, 4096).unwrap();
+    let b = arena.allocate(half).expect("empty slabs are reclaimed when pages run out");
+    // SAFETY: just allocated.
+    unsafe { arena.deallocate(b.cast(), half) };
+    check(&arena);
+}
+
+#[test]
+fn shrinking_a_run_on_a_full_arena_cuts_it_in_place() {
+    let arena = SecretArena::new(64 << 10).unwrap();
+    let big = Layout::from_size_align(60 << 10, 8).unwrap();
+    let b = arena.allocate(big).unwrap();
+    let filler = Layout::from_size_align(4096, 4096).unwrap();
+    let mut rest = std::vec::Vec::new();
+    while let Ok(f) = arena.allocate(filler) {
+        rest.push(f);
+    }
+    bytes(b)[..100].fill(3);
+    let small = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: `b` is live with `big`.
+    let s = unsafe { arena.shrink(b.cast(), big, small) }.expect("no room to move, so it shrinks in place");
+    assert_eq!(s.as_ptr() as *const u8, b.as_ptr() as *const u8);
+    assert!(bytes(s)[..100].iter().all(|&x| x == 3));
+    assert_eq!(peek(s.as_ptr() as *const u8, 4096)[100..], [0u8; 3996]);
+    // SAFETY: live blocks with their layouts.
+    unsafe {
+        arena.deallocate(s.cast(), small);
+        for f in rest {
+            arena.deallocate(f.cast(), filler);
+        }
+    }
+    check(&arena);
 }

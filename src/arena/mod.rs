@@ -25,28 +25,31 @@
 //! 2. `committed` pages (slabs plus runs) `+` free pages `==` capacity pages.
 //! 3. A slab is in exactly one class list, its class's, while its head's
 //!    state is `SLAB_HEAD | class`.
-//! 4. A slab with an owner (a shard) is that shard's current slab, and is
-//!    never released; an empty slab without owner is released at once.
+//! 4. A slab with an owner (a shard) is that shard's current slab; an empty
+//!    slab without owner is released at once, and owned empty slabs are
+//!    reclaimed when pages run out, before the arena grows.
 
 pub(crate) mod classes;
+mod resize;
 mod segment;
 pub(crate) mod shard;
 mod slab;
+mod slow;
 mod stats;
 
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
-use segment::{NO_OWNER, PageMeta, RUN_BODY, RUN_FREEING, RUN_HEAD, SLAB_BODY, SLAB_HEAD, Segment};
+use segment::{NO_OWNER, PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, Segment};
 use shard::SHARDS;
 
 use crate::backing::{Backing, BackingPolicy, Mapping, os_page_size};
 use crate::error::Error;
-use crate::wipe::{wipe, wipe_chunk};
+use crate::wipe::wipe_chunk;
 
 pub use stats::{ClassStats, InvariantError, Stats};
 
@@ -88,7 +91,7 @@ pub struct SecretArena {
     /// until drop.
     segments: [AtomicPtr<Segment>; MAX_SEGMENTS],
     segment_count: AtomicUsize,
-    /// Per-shard, per-class current-slab hints. May be stale; see `slab`.
+    /// Per-shard hints. May be stale; see `slab`.
     hints: [ShardHints; SHARDS],
     classes: [ClassState; CLASS_COUNT],
     /// Page counters; the lock also guards every segment's free-page bitmap.
@@ -101,19 +104,26 @@ pub struct SecretArena {
     last_error: Mutex<Option<Error>>,
 }
 
+/// One shard's hints, on cache lines of their own.
 #[repr(align(64))]
-struct ShardHints([AtomicPtr<PageMeta>; CLASS_COUNT]);
+struct ShardHints {
+    /// The slab this shard allocates from, per class.
+    current: [AtomicPtr<PageMeta>; CLASS_COUNT],
+    /// Per class, a slab a thread of this shard freed into while its bitmap
+    /// word was full: a cheap place to look before scanning the class list.
+    recent: [AtomicPtr<PageMeta>; CLASS_COUNT],
+}
 
 #[repr(align(64))]
 struct ClassState {
     list: Mutex<SlabList>,
-    /// A slab of this class that had a chunk freed while full, if any.
-    partial: AtomicPtr<PageMeta>,
 }
 
 /// A class's slabs, linked through their heads' `prev`/`next`.
 struct SlabList {
     head: *mut PageMeta,
+    /// Where the next bounded scan starts (a member, or null).
+    rover: *mut PageMeta,
     count: usize,
 }
 
@@ -245,15 +255,20 @@ impl SecretArenaBuilder {
         let backing = mapping.backing();
         let len = mapping.len();
         let seg = Segment::create(mapping)?;
-        let max_capacity = self.max_capacity.unwrap_or(len).max(len);
+        let page = os_page_size();
+        let max_capacity = (self.max_capacity.unwrap_or(len) / page * page).max(len);
         let arena = SecretArena {
             segments: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_SEGMENTS],
             segment_count: AtomicUsize::new(0),
-            hints: [const { ShardHints([const { AtomicPtr::new(core::ptr::null_mut()) }; CLASS_COUNT]) }; SHARDS],
+            hints: [const {
+                ShardHints {
+                    current: [const { AtomicPtr::new(core::ptr::null_mut()) }; CLASS_COUNT],
+                    recent: [const { AtomicPtr::new(core::ptr::null_mut()) }; CLASS_COUNT],
+                }
+            }; SHARDS],
             classes: [const {
                 ClassState {
-                    list: Mutex::new(SlabList { head: core::ptr::null_mut(), count: 0 }),
-                    partial: AtomicPtr::new(core::ptr::null_mut()),
+                    list: Mutex::new(SlabList { head: core::ptr::null_mut(), rover: core::ptr::null_mut(), count: 0 }),
                 }
             }; CLASS_COUNT],
             pages: Mutex::new(PageCounters::default()),
@@ -436,7 +451,7 @@ impl SecretArena {
     #[inline]
     fn alloc_chunk(&self, class: usize) -> Option<usize> {
         let shard = shard::current();
-        let hint = self.hints[shard].0[class].load(Ordering::Relaxed);
+        let hint = self.hints[shard].current[class].load(Ordering::Relaxed);
         if !hint.is_null() {
             // SAFETY: hints only ever point at PageMeta inside this arena's
             // metadata, which lives as long as `self`.
@@ -444,192 +459,7 @@ impl SecretArena {
                 return Some(p);
             }
         }
-        self.alloc_chunk_slow(class, shard)
-    }
-
-    /// The class had nothing: try larger classes, then a page run, so that
-    /// a request fails only when nothing in the arena can hold it.
-    #[cold]
-    fn alloc_small_fallback(&self, class: usize, layout: Layout) -> Option<NonNull<[u8]>> {
-        for (bigger, &size) in CLASS_SIZES.iter().enumerate().skip(class + 1) {
-            if size as usize % layout.align() == 0 {
-                if let Some(p) = self.alloc_chunk(bigger) {
-                    return Some(slice(p as *mut u8, size as usize));
-                }
-            }
-        }
-        self.alloc_run(layout)
-    }
-
-    #[cold]
-    fn alloc_chunk_slow(&self, class: usize, shard: usize) -> Option<usize> {
-        let info = &CLASSES[class];
-        let state = &self.classes[class];
-        let hint = &self.hints[shard].0[class];
-        let mut list = lock(&state.list);
-        loop {
-            let current = hint.load(Ordering::Relaxed);
-            if !current.is_null() {
-                // SAFETY: as in `alloc_chunk`.
-                let cur = unsafe { &*current };
-                if let Some(p) = cur.try_alloc(class, info) {
-                    return Some(p);
-                }
-                // Full: stop owning it, so frees into it can release it later.
-                if cur.aux.load(Ordering::Relaxed) == shard as u32
-                    && cur.state.load(Ordering::Relaxed) == SLAB_HEAD | class as u32
-                {
-                    cur.aux.store(NO_OWNER, Ordering::Relaxed);
-                }
-            }
-            let next = self
-                .take_partial(class)
-                .or_else(|| Self::find_in_list(&list, |m| m.aux.load(Ordering::Relaxed) == NO_OWNER && m.has_free()))
-                .or_else(|| self.carve(class, &mut list))
-                .or_else(|| Self::find_in_list(&list, PageMeta::has_free));
-            let Some(next) = next else {
-                hint.store(core::ptr::null_mut(), Ordering::Relaxed);
-                return None;
-            };
-            if next.aux.load(Ordering::Relaxed) == NO_OWNER {
-                next.aux.store(shard as u32, Ordering::Relaxed);
-            }
-            hint.store(next as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
-        }
-    }
-
-    /// The class's "freed while full" hint, if it is still an unowned slab
-    /// of this class with room. Class lock held.
-    fn take_partial(&self, class: usize) -> Option<&PageMeta> {
-        let p = self.classes[class].partial.swap(core::ptr::null_mut(), Ordering::Relaxed);
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: the hint points into this arena's metadata.
-        let m = unsafe { &*p };
-        (m.state.load(Ordering::Relaxed) == SLAB_HEAD | class as u32
-            && m.aux.load(Ordering::Relaxed) == NO_OWNER
-            && m.has_free())
-        .then_some(m)
-    }
-
-    fn find_in_list<'a>(list: &SlabList, pred: impl Fn(&PageMeta) -> bool) -> Option<&'a PageMeta> {
-        let mut p = list.head;
-        while !p.is_null() {
-            // SAFETY: list members are live slab heads in this arena's
-            // metadata; the class lock is held, so links are stable.
-            let m = unsafe { &*p };
-            if pred(m) {
-                return Some(m);
-            }
-            p = m.next.load(Ordering::Relaxed);
-        }
-        None
-    }
-
-    /// Carves a new slab for `class` from free pages (growing the arena if
-    /// allowed) and links it into the class list. Class lock held.
-    fn carve<'a>(&'a self, class: usize, list: &mut SlabList) -> Option<&'a PageMeta> {
-        let info = &CLASSES[class];
-        let (seg, page) = self.take_pages(info.pages as usize, PAGE)?;
-        let head = seg.meta(page);
-        head.base.store(seg.page_addr(page) as usize, Ordering::Relaxed);
-        head.aux.store(NO_OWNER, Ordering::Relaxed);
-        for body in 1..info.pages as usize {
-            let m = seg.meta(page + body);
-            m.aux.store(page as u32, Ordering::Relaxed);
-            m.state.store(SLAB_BODY, Ordering::Release);
-        }
-        head.prev.store(core::ptr::null_mut(), Ordering::Relaxed);
-        head.next.store(list.head, Ordering::Relaxed);
-        if !list.head.is_null() {
-            // SAFETY: the old list head is a live slab head; class lock held.
-            unsafe { &*list.head }.prev.store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
-        }
-        list.head = head as *const PageMeta as *mut PageMeta;
-        list.count += 1;
-        head.state.store(SLAB_HEAD | class as u32, Ordering::Relaxed);
-        // Publishing the bitmap last: whoever acquires it sees state and base.
-        for (w, &all_free) in info.all_free.iter().enumerate() {
-            head.bits[w].store(all_free, Ordering::Release);
-        }
-        Some(head)
-    }
-
-    /// Takes `n` pages aligned to `align` from any segment, growing the
-    /// arena when none has room.
-    fn take_pages(&self, n: usize, align: usize) -> Option<(&Segment, usize)> {
-        loop {
-            let seen = self.segment_count();
-            {
-                let mut counters = lock(&self.pages);
-                for i in 0..seen {
-                    let seg = self.segment(i);
-                    if let Some(p) = seg.take_pages(n, align) {
-                        counters.committed += n;
-                        counters.peak = counters.peak.max(counters.committed);
-                        return Some((seg, p));
-                    }
-                }
-            }
-            let slack = align.saturating_sub(os_page_size().max(PAGE));
-            if !self.grow(n.checked_mul(PAGE)?.checked_add(slack)?, seen) {
-                return None;
-            }
-        }
-    }
-
-    /// Adds a segment of at least `min_bytes`, unless another thread already
-    /// did since `seen`. Returns whether it is worth searching again.
-    #[cold]
-    fn grow(&self, min_bytes: usize, seen: usize) -> bool {
-        let _g = lock(&self.grow);
-        let count = self.segment_count();
-        if count != seen {
-            return true;
-        }
-        let capacity = self.capacity();
-        let room = self.max_capacity.saturating_sub(capacity);
-        if count == MAX_SEGMENTS || min_bytes > room {
-            return false;
-        }
-        // Double the arena each time, within the limit.
-        let mut want = capacity.max(min_bytes).min(room);
-        loop {
-            match Mapping::create_as(want, self.backing).and_then(Segment::create) {
-                Ok(seg) => {
-                    // SAFETY: just created, non-null and live.
-                    let len = unsafe { seg.as_ref() }.len();
-                    self.segments[count].store(seg.as_ptr(), Ordering::Release);
-                    self.capacity.fetch_add(len, Ordering::Relaxed);
-                    self.segment_count.store(count + 1, Ordering::Release);
-                    return true;
-                }
-                Err(e) => {
-                    *lock(&self.last_error) = Some(e);
-                    if matches!(e, Error::MemlockBudget { .. }) && want > min_bytes {
-                        want = (want / 2).max(min_bytes);
-                        continue;
-                    }
-                    return false;
-                }
-            }
-        }
-    }
-
-    #[cold]
-    fn alloc_run(&self, layout: Layout) -> Option<NonNull<[u8]>> {
-        let pages = layout.size().div_ceil(PAGE);
-        let (seg, page) = self.take_pages(pages, layout.align().max(PAGE))?;
-        let head = seg.meta(page);
-        for body in 1..pages {
-            let m = seg.meta(page + body);
-            m.aux.store(page as u32, Ordering::Relaxed);
-            m.state.store(RUN_BODY, Ordering::Release);
-        }
-        head.aux.store(pages as u32, Ordering::Relaxed);
-        head.state.store(RUN_HEAD, Ordering::Release);
-        Some(slice(seg.page_addr(page), pages * PAGE))
+        self.alloc_chunk_slow(class, shard, true)
     }
 
     // ----- freeing -----
@@ -720,179 +550,25 @@ impl SecretArena {
             return Err(Misuse::NotAllocated(ptr as usize));
         }
         if old == 0 {
-            self.classes[class].partial.store(head as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
-        }
-        if old | mask == info.all_free[w] && head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
-            self.release_slab(head, class);
-        }
-        Ok(())
-    }
-
-    /// Gives an empty, unowned slab's pages back. Checks both again under
-    /// the class lock, and does nothing if either no longer holds.
-    #[cold]
-    fn release_slab(&self, head: &PageMeta, class: usize) {
-        let info = &CLASSES[class];
-        let mut list = lock(&self.classes[class].list);
-        if head.state.load(Ordering::Relaxed) != SLAB_HEAD | class as u32
-            || head.aux.load(Ordering::Relaxed) != NO_OWNER
-            || !head.reserve_if_empty(info)
-        {
-            return;
-        }
-        // No chunk can be taken from it now (no bit set). Unlink it.
-        let (prev, next) = (head.prev.load(Ordering::Relaxed), head.next.load(Ordering::Relaxed));
-        if prev.is_null() {
-            list.head = next;
-        } else {
-            // SAFETY: a live list member; class lock held.
-            unsafe { &*prev }.next.store(next, Ordering::Relaxed);
-        }
-        if !next.is_null() {
-            // SAFETY: as above.
-            unsafe { &*next }.prev.store(prev, Ordering::Relaxed);
-        }
-        list.count -= 1;
-        let me = head as *const PageMeta as *mut PageMeta;
-        let _ = self.classes[class].partial.compare_exchange(
-            me,
-            core::ptr::null_mut(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        let (seg, page) = self.meta_home(head);
-        for p in page..page + info.pages as usize {
-            seg.meta(p).state.store(segment::FREE, Ordering::Release);
-        }
-        let mut counters = lock(&self.pages);
-        seg.put_pages(page, info.pages as usize);
-        counters.committed -= info.pages as usize;
-    }
-
-    fn free_run(&self, seg: &Segment, page: usize, pages: usize, addr: usize) -> Result<(), Misuse> {
-        let head = seg.meta(page);
-        head.state
-            .compare_exchange(RUN_HEAD, RUN_FREEING, Ordering::Acquire, Ordering::Relaxed)
-            .map_err(|_| Misuse::NotAllocated(addr))?;
-        // SAFETY: the run `page..page + pages` is live and being given up.
-        unsafe { wipe_chunk(seg.page_addr(page), pages * PAGE) };
-        for p in page..page + pages {
-            seg.meta(p).state.store(segment::FREE, Ordering::Release);
-        }
-        let mut counters = lock(&self.pages);
-        seg.put_pages(page, pages);
-        counters.committed -= pages;
-        Ok(())
-    }
-
-    // ----- resizing -----
-
-    /// Resizes the block at `ptr` from `old` to `new`, in place when it can,
-    /// else by moving it and wiping the old block. With `zero`, bytes from
-    /// `old.size()` to `new.size()` are zero afterwards. `Ok(None)` means the
-    /// arena is full and the old block is untouched.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be a block of this arena allocated with a layout that
-    /// `old` fits, with no live references into it.
-    pub(crate) unsafe fn resize_block(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-        zero: bool,
-    ) -> Result<Option<NonNull<[u8]>>, Misuse> {
-        if old.size() == 0 {
-            return Ok(self.alloc_block(new));
-        }
-        let addr = ptr.as_ptr() as usize;
-        let block = self.locate(addr)?;
-        let len = block.len();
-        if old.size() > len {
-            return Err(Misuse::LayoutTooLarge { ptr: addr, size: old.size(), block: len });
-        }
-        if new.size() == 0 {
-            self.free_block(ptr, old)?;
-            return Ok(Some(dangling(new.align())));
-        }
-        let p = ptr.as_ptr();
-        if addr % new.align() == 0 {
-            match block {
-                Block::Chunk { class, .. } => {
-                    let stays = new.size() <= len
-                        && (new.size() >= old.size() || class_for(new.size(), new.align()) == Some(class));
-                    if stays {
-                        if new.size() < old.size() {
-                            // SAFETY: `new.size()..len` lies inside the live chunk.
-                            unsafe { wipe(p.add(new.size()), len - new.size()) };
-                        } else if zero {
-                            // SAFETY: `old.size()..new.size()` lies inside the live chunk.
-                            unsafe { p.add(old.size()).write_bytes(0, new.size() - old.size()) };
-                        }
-                        return Ok(Some(slice(p, len)));
-                    }
-                }
-                Block::Run { seg, page, pages } => {
-                    let need = new.size().div_ceil(PAGE);
-                    if new.size() <= old.size() {
-                        if class_for(new.size(), new.align()).is_none() {
-                            self.shrink_run(seg, page, pages, need, new.size());
-                            return Ok(Some(slice(p, need * PAGE)));
-                        }
-                    } else if need <= pages || self.extend_run(seg, page, pages, need) {
-                        if zero {
-                            // SAFETY: inside the (possibly extended) live run.
-                            unsafe { p.add(old.size()).write_bytes(0, new.size() - old.size()) };
-                        }
-                        return Ok(Some(slice(p, need.max(pages) * PAGE)));
-                    }
-                }
+            // The word was full: leave a hint for the slow path, on this
+            // shard's own cache line, and only if it changes.
+            let recent = &self.hints[shard::current()].recent[class];
+            let me = head as *const PageMeta as *mut PageMeta;
+            if recent.load(Ordering::Relaxed) != me {
+                recent.store(me, Ordering::Relaxed);
             }
         }
-        let Some(moved) = self.alloc_block(new) else {
-            return Ok(None);
-        };
-        // SAFETY: both blocks are live and distinct; we copy the bytes both
-        // layouts cover. The new block is zero beyond them (invariant 1).
-        unsafe { core::ptr::copy_nonoverlapping(p, moved.as_ptr().cast::<u8>(), old.size().min(new.size())) };
-        self.free_block(ptr, old)?;
-        Ok(Some(moved))
-    }
-
-    /// Keeps the first `need` pages of a run, wiping from `keep_bytes` on.
-    fn shrink_run(&self, seg: &Segment, page: usize, pages: usize, need: usize, keep_bytes: usize) {
-        // SAFETY: `keep_bytes..pages * PAGE` is inside the live run.
-        unsafe { wipe(seg.page_addr(page).add(keep_bytes), pages * PAGE - keep_bytes) };
-        if need == pages {
-            return;
-        }
-        seg.meta(page).aux.store(need as u32, Ordering::Relaxed);
-        for p in page + need..page + pages {
-            seg.meta(p).state.store(segment::FREE, Ordering::Release);
-        }
-        let mut counters = lock(&self.pages);
-        seg.put_pages(page + need, pages - need);
-        counters.committed -= pages - need;
-    }
-
-    /// Grows a run to `need` pages if the pages after it are free.
-    fn extend_run(&self, seg: &Segment, page: usize, pages: usize, need: usize) -> bool {
-        {
-            let mut counters = lock(&self.pages);
-            if !seg.take_exact(page + pages, need - pages) {
-                return false;
+        if old | mask == info.all_free[w] {
+            // This word is now empty. The fence pairs with the one in the
+            // slow path's ownership hand-off and with other frees: of two
+            // threads emptying a slab's last words or dropping its owner,
+            // at least one sees the whole slab empty and unowned.
+            fence(Ordering::SeqCst);
+            if head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
+                self.release_slab(head, class);
             }
-            counters.committed += need - pages;
-            counters.peak = counters.peak.max(counters.committed);
         }
-        for p in page + pages..page + need {
-            let m = seg.meta(p);
-            m.aux.store(page as u32, Ordering::Relaxed);
-            m.state.store(RUN_BODY, Ordering::Release);
-        }
-        seg.meta(page).aux.store(need as u32, Ordering::Relaxed);
-        true
+        Ok(())
     }
 }
 

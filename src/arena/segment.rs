@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use rustix::mm::{self, MapFlags, ProtFlags};
 
 use super::classes::{PAGE, WORDS};
-use crate::backing::Mapping;
+use crate::backing::{Backing, Mapping};
 use crate::error::{Error, Step};
 
 /// `PageMeta::state` of a page that belongs to nobody.
@@ -120,8 +120,14 @@ impl Segment {
         Ok(unsafe { NonNull::new_unchecked(header) })
     }
 
-    /// Wipes every page ever handed out, then unmaps the backing and the
-    /// metadata.
+    /// Wipes every page ever handed out (on the fallback), then unmaps the
+    /// backing and the metadata.
+    ///
+    /// Secret memory is not wiped here: the kernel zeroes each secretmem
+    /// page as it frees it (`secretmem_free_folio` in `mm/secretmem.c`),
+    /// which happens when the mapping, the file's last user, goes. Wiping it
+    /// ourselves would fault in pages never touched (~10 µs each, and a
+    /// permanent split of the kernel's direct map) for nothing.
     ///
     /// # Safety
     ///
@@ -130,10 +136,12 @@ impl Segment {
     pub(crate) unsafe fn destroy(seg: NonNull<Segment>) {
         // SAFETY: per the contract `seg` is live until we unmap it below.
         let s = unsafe { seg.as_ref() };
-        let used = s.high_water.load(Ordering::Acquire) * PAGE;
-        // SAFETY: `base..base + used` is inside our mapping, and no block in it
-        // is used any more, per the contract.
-        unsafe { crate::wipe::wipe_chunk(s.base(), used) };
+        if s.mapping.backing() == Backing::MlockedMemfd {
+            let used = s.high_water.load(Ordering::Acquire) * PAGE;
+            // SAFETY: `base..base + used` is inside our mapping, and no block
+            // in it is used any more, per the contract.
+            unsafe { crate::wipe::wipe_chunk(s.base(), used) };
+        }
         let meta_len = s.meta_len;
         // SAFETY: we own the header; reading it out moves the Mapping, which
         // unmaps the backing when dropped here.

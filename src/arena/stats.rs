@@ -132,7 +132,7 @@ impl SecretArena {
     /// Checks every invariant of the arena. Costs time in proportion to the
     /// memory ever used; for tests and fuzzing.
     ///
-    /// Call it only while no other thread uses the arena. It verifies that
+    /// It verifies that
     /// page states and the free-page bitmap agree, that slabs and runs are
     /// well formed and do not overlap, that class lists hold exactly their
     /// class's slabs, that the page counters add up, that no metadata points
@@ -141,6 +141,12 @@ impl SecretArena {
     /// # Errors
     ///
     /// The first broken invariant found.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may allocate, free or write blocks of this arena
+    /// during the call: it reads every free byte, and a concurrent write
+    /// would be a data race.
     ///
     /// # Examples
     ///
@@ -151,10 +157,11 @@ impl SecretArena {
     /// let mut v = Vec::new_in(&arena);
     /// v.extend_from_slice(&[1u8; 100]);
     /// drop(v);
-    /// arena.check_invariants().expect("arena is consistent");
+    /// // SAFETY: no other thread uses the arena.
+    /// unsafe { arena.check_invariants() }.expect("arena is consistent");
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
-    pub fn check_invariants(&self) -> Result<(), InvariantError> {
+    pub unsafe fn check_invariants(&self) -> Result<(), InvariantError> {
         let mut committed = 0;
         let mut slabs_per_class = [0usize; CLASS_COUNT];
         for (si, seg) in self.segments().enumerate() {
@@ -192,6 +199,16 @@ impl SecretArena {
             }
             if n != expected || list.count != expected {
                 return Err(err("class list does not hold every slab of its class", 0, 0, c));
+            }
+            if !list.rover.is_null() {
+                let mut q = list.head;
+                while !q.is_null() && q != list.rover {
+                    // SAFETY: as above.
+                    q = unsafe { &*q }.next.load(Ordering::Relaxed);
+                }
+                if q.is_null() {
+                    return Err(err("class list rover is not a member", 0, 0, c));
+                }
             }
         }
         Ok(())
@@ -288,7 +305,8 @@ fn check_segment(si: usize, seg: &Segment, slabs: &mut [usize; CLASS_COUNT]) -> 
 
 fn check_zero(si: usize, page: usize, ptr: *mut u8, len: usize, off: usize) -> Result<(), InvariantError> {
     // SAFETY: the caller passes free memory inside a live segment; reading it
-    // races with nothing because the checker runs while the arena is idle.
+    // races with nothing because `check_invariants`'s caller guarantees the
+    // arena is idle.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };
     match bytes.iter().position(|&b| b != 0) {
         None => Ok(()),

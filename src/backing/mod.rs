@@ -251,7 +251,9 @@ pub(crate) fn os_page_size() -> usize {
 }
 
 fn round_to_os_pages(len: usize) -> Option<usize> {
-    if len == 0 || len > isize::MAX as usize / 2 {
+    // The arena numbers its 4 KiB pages with `u32`.
+    const MAX_LEN: u64 = (u32::MAX as u64) * 4096;
+    if len == 0 || len > isize::MAX as usize / 2 || len as u64 > MAX_LEN {
         return None;
     }
     let page = os_page_size();

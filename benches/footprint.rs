@@ -78,9 +78,34 @@ struct Snapshot {
     maps: i64,
 }
 
-impl Snapshot {
-    fn take() -> Snapshot {
-        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+/// Reads /proc/self without needing a new mapping or a spare fd at the
+/// moment of measuring: a crate that exhausted `vm.max_map_count` or
+/// RLIMIT_NOFILE must still be measurable.
+struct Probe {
+    /// Big enough for /proc/self/maps at the 65,530-mapping limit, reserved
+    /// before the baseline so that reading never grows it.
+    buf: String,
+    /// An fd held back and closed just before each read, so one is free.
+    spare: Option<std::fs::File>,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        Probe { buf: String::with_capacity(32 << 20), spare: None }
+    }
+
+    fn read(&mut self, path: &str) -> &str {
+        use std::io::Read;
+        self.buf.clear();
+        let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        f.read_to_string(&mut self.buf).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        &self.buf
+    }
+
+    /// Takes a snapshot; the spare fd is not counted.
+    fn take(&mut self) -> Snapshot {
+        let had_spare = self.spare.take().is_some();
+        let status = self.read("/proc/self/status");
         let field = |name: &str| -> i64 {
             status
                 .lines()
@@ -89,11 +114,18 @@ impl Snapshot {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(-1)
         };
+        let (vmlck_kib, vmrss_kib) = (field("VmLck:"), field("VmRSS:"));
+        let maps = self.read("/proc/self/maps").lines().count() as i64;
+        // read_dir's own fd is counted in every snapshot alike.
         let fds = std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count() as i64;
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps").lines().count() as i64;
-        Snapshot { fds, vmlck_kib: field("VmLck:"), vmrss_kib: field("VmRSS:"), maps }
+        if had_spare || self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+        Snapshot { fds, vmlck_kib, vmrss_kib, maps }
     }
+}
 
+impl Snapshot {
     fn minus(self, base: Snapshot) -> Snapshot {
         Snapshot {
             fds: self.fds - base.fds,
@@ -298,7 +330,9 @@ fn child(case: &str) {
     let unprivileged = parts.next() == Some("unpriv");
     let (live, owner) = (touched(n, NonNull::<u8>::dangling()), touched(n, u32::MAX));
     // Before the allocator exists: its own mappings and locked memory count.
-    let base = Snapshot::take();
+    let mut probe = Probe::new();
+    probe.take();
+    let base = probe.take();
     let mut holder = match make(subject, n, unprivileged, live, owner) {
         Ok(h) => h,
         Err(e) => {
@@ -319,11 +353,11 @@ fn child(case: &str) {
         }
     }
     let alloc_time = t.elapsed();
-    let peak = Snapshot::take().minus(base);
+    let peak = probe.take().minus(base);
     let t = Instant::now();
     holder.clear();
     let free_time = t.elapsed();
-    let after = Snapshot::take().minus(base);
+    let after = probe.take().minus(base);
     println!(
         "held={held}\talloc_ms={:.3}\tfree_ms={:.3}\t{}\t{}\terr={}",
         alloc_time.as_secs_f64() * 1e3,

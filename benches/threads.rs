@@ -12,6 +12,11 @@
 //! aggregate ops/s (one op = one allocate + one free). The machine this was
 //! written for has 2 cores, so 4 threads show oversubscription.
 //!
+//! It also shows CPU time per op (each thread's CLOCK_THREAD_CPUTIME_ID,
+//! summed): on a machine shared with other work, wall-clock scaling mostly
+//! measures the neighbours, while CPU ns/op still rises when threads fight
+//! over cache lines. (Time asleep on a lock is not CPU time, so read both.)
+//!
 //! Run: `cargo bench --bench threads` (`THREADS_OPS=<n>` sets ops per thread).
 
 use std::alloc::System;
@@ -72,34 +77,51 @@ fn work<A: Allocator>(a: &A, ops: usize, pattern: Pattern) {
     }
 }
 
-/// Wall time for `threads` threads doing `ops` each on the shared `a`.
-fn run<A: Allocator + Sync>(a: &A, threads: usize, ops: usize, pattern: Pattern) -> Duration {
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall time, and CPU time summed over threads, for `threads` threads doing
+/// `ops` each on the shared `a`.
+fn run<A: Allocator + Sync>(a: &A, threads: usize, ops: usize, pattern: Pattern) -> (Duration, Duration) {
     let start = Barrier::new(threads + 1);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
+                    let cpu = thread_cpu();
                     work(a, ops, pattern);
+                    thread_cpu() - cpu
                 })
             })
             .collect();
         start.wait();
         let t = Instant::now();
-        for h in handles {
-            h.join().expect("worker panicked");
-        }
-        t.elapsed()
+        let cpu = handles.into_iter().map(|h| h.join().expect("worker panicked")).sum();
+        (t.elapsed(), cpu)
     })
 }
 
-/// Median aggregate ops/s over `ROUNDS` runs, after one warm-up run.
-fn measure<A: Allocator + Sync>(a: &A, threads: usize, ops: usize, pattern: Pattern) -> f64 {
+/// Median aggregate ops/s and median CPU ns per op over `ROUNDS` runs,
+/// after one warm-up run.
+fn measure<A: Allocator + Sync>(a: &A, threads: usize, ops: usize, pattern: Pattern) -> (f64, f64) {
     run(a, threads, ops / 10, pattern);
-    let mut rates: Vec<f64> =
-        (0..ROUNDS).map(|_| (threads * ops) as f64 / run(a, threads, ops, pattern).as_secs_f64()).collect();
+    let total = (threads * ops) as f64;
+    let (mut rates, mut cpu): (Vec<f64>, Vec<f64>) = (0..ROUNDS)
+        .map(|_| {
+            let (wall, cpu) = run(a, threads, ops, pattern);
+            (total / wall.as_secs_f64(), cpu.as_nanos() as f64 / total)
+        })
+        .unzip();
     rates.sort_by(f64::total_cmp);
-    rates[ROUNDS / 2]
+    cpu.sort_by(f64::total_cmp);
+    (rates[ROUNDS / 2], cpu[ROUNDS / 2])
 }
 
 fn table<A: Allocator + Sync>(rows: &[(&str, &A)], ops: usize, pattern: Pattern) {
@@ -111,17 +133,22 @@ fn table<A: Allocator + Sync>(rows: &[(&str, &A)], ops: usize, pattern: Pattern)
             "batches of 64 allocations then 64 frees"
         }
     );
-    println!("| allocator | 1 thread Mops/s | 2 threads Mops/s | 4 threads Mops/s | 2T / 1T | 4T / 1T |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| allocator | 1 thread Mops/s | 2 threads Mops/s | 4 threads Mops/s | 2T / 1T | 4T / 1T | CPU ns/op 1T | 2T | 4T |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, a) in rows {
-        let r: Vec<f64> = THREADS.iter().map(|&t| measure(*a, t, ops, pattern)).collect();
+        let (r, c): (Vec<f64>, Vec<f64>) = THREADS.iter().map(|&t| measure(*a, t, ops, pattern)).unzip();
         println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
             r[0] / 1e6,
             r[1] / 1e6,
             r[2] / 1e6,
             r[1] / r[0],
-            r[2] / r[0]
+            r[2] / r[0],
+            c[0],
+            c[1],
+            c[2]
         );
     }
 }

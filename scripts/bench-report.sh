@@ -61,25 +61,28 @@ callgrind() {
         'int mlock2(const void *a, size_t n, unsigned int f) { (void)f; return mlock(a, n); }' >"$dir/mlock2-shim.c"
     cc -shared -fPIC -O2 -o "$dir/mlock2-shim.so" "$dir/mlock2-shim.c"
     local lo=100000 hi=200000
-    echo "## Instructions per 32 B allocate + write + free (valgrind --tool=callgrind)"
+    echo "## Instructions per allocate + write + free (valgrind --tool=callgrind)"
     echo
-    echo "| allocator | Ir at $lo ops | Ir at $hi ops | instructions / op |"
-    echo "|---|---:|---:|---:|"
-    for alloc in arena system; do
-        local ir=()
-        for n in $lo $hi; do
-            local out
-            out=$(CALLGRIND_ALLOC=$alloc CALLGRIND_ITERS=$n LD_PRELOAD="$PWD/$dir/mlock2-shim.so" \
-                valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.$alloc.$n.out" "$bin" 2>&1)
-            ir+=("$(echo "$out" | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')")
+    echo "| allocator | size | Ir at $lo ops | Ir at $hi ops | instructions / op |"
+    echo "|---|---:|---:|---:|---:|"
+    for size in 32 4096; do
+        for alloc in arena system; do
+            local ir=()
+            for n in $lo $hi; do
+                local out
+                out=$(CALLGRIND_ALLOC=$alloc CALLGRIND_SIZE=$size CALLGRIND_ITERS=$n \
+                    LD_PRELOAD="$PWD/$dir/mlock2-shim.so" valgrind --tool=callgrind \
+                    --callgrind-out-file="$dir/callgrind.$alloc.$size.$n.out" "$bin" 2>&1)
+                ir+=("$(echo "$out" | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')")
+            done
+            local name=$alloc
+            [ "$alloc" = arena ] && name="arena (fallback backing: valgrind has no memfd_secret)"
+            [ "$alloc" = system ] && name="System (glibc malloc)"
+            echo "| $name | $size B | ${ir[0]} | ${ir[1]} | $(((ir[1] - ir[0]) / (hi - lo))) |"
         done
-        local name=$alloc
-        [ "$alloc" = arena ] && name="arena (fallback backing: valgrind has no memfd_secret)"
-        [ "$alloc" = system ] && name="System (glibc malloc)"
-        echo "| $name | ${ir[0]} | ${ir[1]} | $(((ir[1] - ir[0]) / (hi - lo))) |"
     done
     echo
-    echo "Per-function profile: \`callgrind_annotate $dir/callgrind.arena.$hi.out\`."
+    echo "Per-function profile: \`callgrind_annotate $dir/callgrind.arena.32.$hi.out\`."
     echo
 }
 

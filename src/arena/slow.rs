@@ -294,8 +294,10 @@ impl SecretArena {
         if count == MAX_SEGMENTS || min_bytes > room {
             return false;
         }
-        // Double the arena each time, within the limit.
-        let mut want = capacity.max(min_bytes).min(room);
+        // Grow by a quarter, so locked memory stays within 1.25x of what is
+        // used, but by enough that the segments left can reach the maximum.
+        let spread = room / (MAX_SEGMENTS - count);
+        let mut want = (capacity / 4).max(spread).next_multiple_of(page).max(min_bytes).min(room);
         loop {
             match Mapping::create_as(want, self.backing).and_then(Segment::create) {
                 Ok(seg) => {

@@ -192,11 +192,16 @@ impl Mapping {
 
         if backing == Backing::MlockedMemfd {
             // SAFETY: the range is our own live mapping; locking changes no contents.
-            unsafe { mm::mlock_with(mapping.base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) }.map_err(|errno| {
-                match errno {
-                    Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
-                    _ => Error::Syscall { step: Step::Lock, errno },
-                }
+            match unsafe { mm::mlock_with(mapping.base.as_ptr().cast(), len, mm::MlockFlags::ONFAULT) } {
+                // mlock2 needs Linux 4.4, and valgrind does not know it:
+                // plain mlock locks (and populates) the same range.
+                // SAFETY: as above.
+                Err(Errno::NOSYS) => unsafe { mm::mlock(mapping.base.as_ptr().cast(), len) },
+                other => other,
+            }
+            .map_err(|errno| match errno {
+                Errno::NOMEM | Errno::AGAIN | Errno::PERM => budget::error(len, errno),
+                _ => Error::Syscall { step: Step::Lock, errno },
             })?;
             // SAFETY: advice on our own live mapping; it changes no contents.
             unsafe { mm::madvise(mapping.base.as_ptr().cast(), len, Advice::LinuxDontDump) }

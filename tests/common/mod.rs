@@ -55,7 +55,7 @@ pub fn is_child(case: &str) -> bool {
 /// Prints why a test did not check anything, where `cargo test` shows it
 /// even when it captures output.
 pub fn skip(case: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {case}: {reason}");
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED {case}: {reason}");
 }
 
 /// Which backing a test wants.

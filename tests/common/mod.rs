@@ -15,7 +15,7 @@
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
@@ -305,6 +305,9 @@ impl Sandbox {
                 // SAFETY: `lim` is a valid out-pointer.
                 check(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) })?;
                 set_rlimit(libc::RLIMIT_CORE, lim.rlim_max, lim.rlim_max)?;
+            } else {
+                // Children that are meant to crash leave no core files behind.
+                no_core_dumps()?;
             }
             if let Some(filter) = &filter {
                 install_seccomp(filter)?;
@@ -353,13 +356,17 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The signal that ended a `waitpid` status, if any.
-pub fn signal_of(status: ExitStatus) -> Option<i32> {
-    status.signal()
-}
-
 fn check(ret: libc::c_int) -> std::io::Result<()> {
     if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Sets `RLIMIT_CORE` to 0 (soft), so a crash writes no core file.
+/// Async-signal-safe.
+pub fn no_core_dumps() -> std::io::Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) })?;
+    set_rlimit(libc::RLIMIT_CORE, 0, lim.rlim_max)
 }
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {

@@ -102,11 +102,14 @@ fn memlock_1mib_fixed_fallback() {
     fixed(this_test!(), Kind::Fallback);
 }
 
-/// Fills `arena` with 32-byte secrets until it reports `AllocError`.
-fn fill(arena: &SecretArena) -> Vec<NonNull<u8>> {
+/// Fills `arena` with 32-byte secrets until it reports `AllocError`, or
+/// until it holds more than `limit` bytes of them: then the budget was not
+/// enforced, and stopping keeps a broken build from eating the machine.
+fn fill(arena: &SecretArena, limit: usize) -> Vec<NonNull<u8>> {
     let layout = Layout::from_size_align(32, 8).unwrap();
     let mut held = Vec::new();
-    while let Ok(block) = arena.allocate(layout) {
+    while held.len() <= limit / 32 {
+        let Ok(block) = arena.allocate(layout) else { break };
         let p = block.cast::<u8>();
         // SAFETY: the block is live, ours, and at least 32 bytes.
         unsafe { p.as_ptr().cast::<[u64; 4]>().write_volatile([held.len() as u64; 4]) };
@@ -124,9 +127,10 @@ fn growable(case: &str, kind: Kind) {
     }
     assert_limited(MIB);
     let Some(arena) = build(case, kind, 64 << 10, 1 << 40).expect("64 KiB fits") else { return };
-    let held = fill(&arena);
+    let held = fill(&arena, MIB);
     let stats = arena.stats();
     println!("{kind:?}: {} secrets of 32 bytes, {stats:?}", held.len());
+    assert!(held.len() <= MIB / 32, "more secrets than the budget holds: {stats:?}");
     assert!(stats.capacity <= MIB, "the arena outgrew the budget: {stats:?}");
     assert!(stats.capacity > MIB / 2, "the arena stopped well short of the budget: {stats:?}");
     assert!(stats.segments > 1, "the arena never grew: {stats:?}");
@@ -178,7 +182,7 @@ fn held_at_8mib(case: &str, kind: Kind) {
     }
     assert_limited(LIMIT);
     let Some(arena) = build(case, kind, 64 << 10, 1 << 40).expect("64 KiB fits") else { return };
-    let held = fill(&arena);
+    let held = fill(&arena, LIMIT);
     let stats = arena.stats();
     println!(
         "HELD {} secrets of 32 bytes in a {kind:?} arena of {} KiB ({} segments)",
@@ -186,6 +190,7 @@ fn held_at_8mib(case: &str, kind: Kind) {
         stats.capacity >> 10,
         stats.segments
     );
+    assert!(held.len() <= LIMIT / 32, "more secrets than the budget holds: {stats:?}");
     assert!(held.len() >= 200_000, "only {} secrets of 32 bytes under 8 MiB", held.len());
     assert!(matches!(arena.last_error(), Some(Error::MemlockBudget { .. })), "{:?}", arena.last_error());
     drop(held);
@@ -194,7 +199,7 @@ fn held_at_8mib(case: &str, kind: Kind) {
     if kind == Kind::Secret {
         // The process-wide arena sizes itself to the budget.
         let global = secret_arena::global().expect("the global arena");
-        let held = fill(global);
+        let held = fill(global, LIMIT);
         println!("HELD {} secrets of 32 bytes in the global() arena ({:?})", held.len(), global.backing());
         assert!(held.len() >= 200_000, "only {} secrets of 32 bytes in global()", held.len());
     }

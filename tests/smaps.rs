@@ -23,10 +23,6 @@ fn flags(case: &str, kind: Kind) {
         assert!(vma.has_flag(flag), "VmFlags lack {flag:?}: {:?}", vma.flags);
     }
     assert!(!vma.has_flag("ex"), "executable: {:?}", vma.flags);
-    if kind == Kind::Fallback {
-        // Locked on fault, so unused pages cost no RAM until touched.
-        assert!(vma.has_flag("lf"), "the fallback is not MLOCK_ONFAULT: {:?}", vma.flags);
-    }
 }
 
 #[test]

@@ -327,7 +327,15 @@ impl Sandbox {
         // Shown by `cargo test` when the parent test fails, or with --nocapture.
         println!("--- child {} ({}) stdout:\n{}", self.case, out.status, String::from_utf8_lossy(&out.stdout));
         println!("--- child {} stderr:\n{}", self.case, String::from_utf8_lossy(&out.stderr));
+        relay_skips(&out.stderr);
         out
+    }
+}
+
+/// Passes a child's "SKIPPED" lines on to where `cargo test` shows them.
+pub fn relay_skips(child_stderr: &[u8]) {
+    for line in String::from_utf8_lossy(child_stderr).lines().filter(|l| l.starts_with("SKIPPED ")) {
+        let _ = writeln!(std::io::stderr(), "\n{line}");
     }
 }
 

@@ -186,6 +186,10 @@ fn owner_write_is_not_blocked_fallback() {
 /// `/proc/<pid>/mem`. Each fails on secret backing; each reads the secret on
 /// the fallback.
 fn other_process(case: &str, kind: Kind) {
+    if let Some(reason) = common::ptrace_forbidden(false) {
+        common::skip(case, &reason);
+        return;
+    }
     if is_child(case) {
         let Some(arena) = arena(case, kind, 64 << 10) else {
             println!("NO-SECRET");

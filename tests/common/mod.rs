@@ -177,6 +177,25 @@ pub fn last_errno() -> Errno {
     Errno::from_io_error(&std::io::Error::last_os_error()).expect("an OS error")
 }
 
+/// Why this process may not ptrace (or `process_vm_readv`, or open
+/// `/proc/<pid>/mem` of) a process: its child (`toward_parent == false`) or
+/// its parent. `None` when it may. Only Yama's documented `ptrace_scope`
+/// levels are taken into account: 1 allows descendants only, 2 admins only,
+/// 3 nobody; `CAP_SYS_PTRACE` (root) passes 1 and 2.
+pub fn ptrace_forbidden(toward_parent: bool) -> Option<String> {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?;
+    let scope: u32 = scope.trim().parse().ok()?;
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let forbidden = match scope {
+        0 => false,
+        1 => toward_parent && !root,
+        2 => !root,
+        _ => true,
+    };
+    forbidden.then(|| format!("Yama ptrace_scope is {scope}, which forbids this (root: {root})"))
+}
+
 // ----- /proc/self/smaps -----
 
 /// One mapping of `/proc/self/smaps`.

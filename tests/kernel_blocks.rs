@@ -101,15 +101,15 @@ fn map_files(case: &str, kind: Kind) {
     let path = format!("/proc/self/map_files/{:x}-{:x}", vma.start, vma.end);
     let file = OpenOptions::new().read(true).write(true).open(&path);
     let file = match (kind, file) {
+        (_, Err(e)) if e.raw_os_error() == Some(libc::EPERM) && !is_root() => {
+            common::skip(case, "map_files needs CAP_SYS_ADMIN, and this test is not root");
+            return;
+        }
         (Kind::Secret, Err(e)) => {
             assert_eq!(Errno::from_io_error(&e), Some(Errno::NXIO), "{path}: {e}");
             return;
         }
         (Kind::Secret, Ok(_)) => panic!("{path}: secret memory opened through map_files"),
-        (Kind::Fallback, Err(e)) if e.raw_os_error() == Some(libc::EPERM) && !is_root() => {
-            common::skip(case, "map_files needs CAP_SYS_ADMIN, and this test is not root");
-            return;
-        }
         (Kind::Fallback, file) => file.unwrap_or_else(|e| panic!("{path}: {e}")),
     };
     let offset = (block.as_ptr() as usize - vma.start) as u64;
@@ -152,17 +152,53 @@ fn map_files_fallback_sealed() {
     map_files(this_test!(), Kind::Fallback);
 }
 
+/// `vmsplice` of the secret into a pipe: the kernel would have to pin the
+/// pages, which it cannot for secret memory (EFAULT); the fallback's pages
+/// go into the pipe.
+fn vmsplice(case: &str, kind: Kind) {
+    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let seed = common::fresh_seed();
+    let block = secret_block(&arena, LEN, seed);
+    let (reader, writer) = pipe();
+    let iov = libc::iovec { iov_base: block.as_ptr().cast(), iov_len: LEN };
+    // SAFETY: `iov` describes the live block; the kernel checks it.
+    let n = unsafe { libc::vmsplice(writer.as_raw_fd(), &iov, 1, 0) };
+    match kind {
+        Kind::Secret => assert_eq!((n, last_errno()), (-1, Errno::FAULT), "vmsplice took secret pages"),
+        Kind::Fallback => {
+            assert_eq!(n, LEN as isize, "vmsplice control: {}", last_errno());
+            let mut buf = vec![0u8; LEN];
+            assert_eq!(rustix::io::read(&reader, &mut buf), Ok(LEN));
+            assert_eq!(buf, pattern(LEN, seed), "vmsplice control read wrong bytes");
+        }
+    }
+}
+
+#[test]
+fn vmsplice_secret_efault() {
+    vmsplice(this_test!(), Kind::Secret);
+}
+
+#[test]
+fn vmsplice_fallback_reads() {
+    vmsplice(this_test!(), Kind::Fallback);
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2: {}", last_errno());
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
 /// Not a protection: the owner can still copy its secret out with an
 /// ordinary system call. `write(2)` to a pipe works on both backings.
 fn owner_write(case: &str, kind: Kind) {
     let Some(arena) = arena(case, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2: {}", last_errno());
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (reader, writer) = pipe();
     // SAFETY: the block is live and LEN bytes long.
     let n = unsafe { libc::write(writer.as_raw_fd(), block.as_ptr().cast(), LEN) };
     assert_eq!(n, LEN as isize, "write(2) of the owner's own secret memory: {}", last_errno());

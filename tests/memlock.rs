@@ -1,0 +1,217 @@
+//! The memlock budget, as an unprivileged process sees it: each case runs in
+//! a child without `CAP_IPC_LOCK` (dropped from the bounding set, so root
+//! cannot regain it at exec) and with a small `RLIMIT_MEMLOCK`. As root with
+//! the capability, the kernel would skip the limit and these tests would
+//! prove nothing; each child checks first that the limit applies.
+
+mod common;
+
+use std::io::Write;
+use std::ptr::NonNull;
+
+use allocator_api2::alloc::Allocator;
+use core::alloc::Layout;
+use secret_arena::{Errno, Error, SecretArena};
+
+use common::{Kind, Sandbox, assert_child_passed, is_child, skip_no_secret};
+
+const MIB: usize = 1 << 20;
+
+/// Checks the child really is limited: no `CAP_IPC_LOCK`, the limit set,
+/// nothing locked yet.
+fn assert_limited(limit: usize) {
+    let budget = secret_arena::memlock_budget();
+    assert!(!budget.cap_ipc_lock, "the child still has CAP_IPC_LOCK: {budget:?}");
+    assert_eq!(budget.limit, Some(limit), "{budget:?}");
+    assert_eq!(budget.available(), Some(limit), "something is locked already: {budget:?}");
+}
+
+/// Builds an arena of `kind` under the limit; `Ok(None)` where secret memory
+/// is not available (after printing why).
+fn build(case: &str, kind: Kind, capacity: usize, max: usize) -> Result<Option<SecretArena>, Error> {
+    match SecretArena::builder().capacity(capacity).max_capacity(max).policy(kind.policy()).build() {
+        Err(Error::SecretMemoryUnavailable { errno }) if kind == Kind::Secret => {
+            assert!(errno == Errno::NOSYS || errno == Errno::PERM, "{errno:?}");
+            skip_no_secret(case, errno);
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
+}
+
+/// The errno each backing documents for "over the budget": `EAGAIN` from
+/// `mmap` of secret memory, `ENOMEM` from `mlock2` of the fallback.
+fn budget_errno(kind: Kind) -> Errno {
+    match kind {
+        Kind::Secret => Errno::AGAIN,
+        Kind::Fallback => Errno::NOMEM,
+    }
+}
+
+fn assert_budget_error(err: Error, kind: Kind, requested: usize, available: usize) {
+    assert_eq!(
+        err,
+        Error::MemlockBudget { requested, available: Some(available), limit: Some(MIB), errno: budget_errno(kind) }
+    );
+    let text = err.to_string();
+    for needle in ["RLIMIT_MEMLOCK", "ulimit -l", "LimitMEMLOCK=", "CAP_IPC_LOCK"] {
+        assert!(text.contains(needle), "error text lacks {needle:?}: {text}");
+    }
+    println!("{kind:?}: {text}");
+}
+
+/// At 1 MiB: an arena that fits works; one that does not is refused with
+/// the documented error, before and after the first one took its share; the
+/// process carries on.
+fn fixed(case: &str, kind: Kind) {
+    if !is_child(case) {
+        assert_child_passed(&Sandbox::new(case).memlock_limit(MIB as u64).run());
+        return;
+    }
+    assert_limited(MIB);
+    let err = match build(case, kind, 2 * MIB, 0) {
+        Ok(None) => return,
+        Ok(Some(a)) => panic!("a 2 MiB arena was created under a 1 MiB limit: {:?}", a.stats()),
+        Err(e) => e,
+    };
+    assert_budget_error(err, kind, 2 * MIB, MIB);
+
+    let arena = build(case, kind, MIB / 2, 0).expect("a 512 KiB arena fits").expect("checked above");
+    let block = common::secret_block(&arena, 1024, 7);
+    // SAFETY: the block is live and 1024 bytes long.
+    assert_eq!(unsafe { common::read_bytes(block.as_ptr(), 1024) }, common::pattern(1024, 7));
+
+    let err = build(case, kind, 3 * MIB / 4, 0).expect_err("768 KiB more does not fit");
+    assert_budget_error(err, kind, 3 * MIB / 4, MIB / 2);
+
+    // Still running, and the budget is there for what fits.
+    let second = build(case, kind, MIB / 2, 0).expect("the other 512 KiB fits").expect("checked above");
+    common::secret_block(&second, 4096, 8);
+    drop(arena);
+    drop(second);
+    assert_limited(MIB);
+}
+
+#[test]
+fn memlock_1mib_fixed_secret() {
+    fixed(this_test!(), Kind::Secret);
+}
+
+#[test]
+fn memlock_1mib_fixed_fallback() {
+    fixed(this_test!(), Kind::Fallback);
+}
+
+/// Fills `arena` with 32-byte secrets until it reports `AllocError`, or
+/// until it holds more than `limit` bytes of them: then the budget was not
+/// enforced, and stopping keeps a broken build from eating the machine.
+fn fill(arena: &SecretArena, limit: usize) -> Vec<NonNull<u8>> {
+    let layout = Layout::from_size_align(32, 8).unwrap();
+    let mut held = Vec::new();
+    while held.len() <= limit / 32 {
+        let Ok(block) = arena.allocate(layout) else { break };
+        let p = block.cast::<u8>();
+        // SAFETY: the block is live, ours, and at least 32 bytes.
+        unsafe { p.as_ptr().cast::<[u64; 4]>().write_volatile([held.len() as u64; 4]) };
+        held.push(p);
+    }
+    held
+}
+
+/// A growable arena with no practical maximum stops at the budget with
+/// `AllocError` (not a crash), says why in `last_error`, and keeps working.
+fn growable(case: &str, kind: Kind) {
+    if !is_child(case) {
+        assert_child_passed(&Sandbox::new(case).memlock_limit(MIB as u64).run());
+        return;
+    }
+    assert_limited(MIB);
+    let Some(arena) = build(case, kind, 64 << 10, 1 << 40).expect("64 KiB fits") else { return };
+    let held = fill(&arena, MIB);
+    let stats = arena.stats();
+    println!("{kind:?}: {} secrets of 32 bytes, {stats:?}", held.len());
+    assert!(held.len() <= MIB / 32, "more secrets than the budget holds: {stats:?}");
+    assert!(stats.capacity <= MIB, "the arena outgrew the budget: {stats:?}");
+    assert!(stats.capacity > MIB / 2, "the arena stopped well short of the budget: {stats:?}");
+    assert!(stats.segments > 1, "the arena never grew: {stats:?}");
+    match arena.last_error() {
+        Some(Error::MemlockBudget { errno, limit: Some(MIB), .. }) => assert_eq!(errno, budget_errno(kind)),
+        other => panic!("last_error should be the memlock budget, is {other:?}"),
+    }
+    for (i, p) in held.iter().enumerate() {
+        // SAFETY: each block is live and holds four u64s.
+        let got = unsafe { p.as_ptr().cast::<[u64; 4]>().read_volatile() };
+        assert_eq!(got, [i as u64; 4], "secret {i} corrupted");
+    }
+    // Still working: a freed chunk is reused.
+    let layout = Layout::from_size_align(32, 8).unwrap();
+    // SAFETY: `held[0]` came from this arena with this layout and is freed once.
+    unsafe { arena.deallocate(held[0], layout) };
+    let again = arena.allocate(layout).expect("a freed chunk is reused");
+    // SAFETY: as above, for `again` and the rest of `held`.
+    unsafe {
+        arena.deallocate(again.cast(), layout);
+        for p in &held[1..] {
+            arena.deallocate(*p, layout);
+        }
+    }
+    // SAFETY: no other thread uses the arena now.
+    unsafe { arena.check_invariants() }.expect("invariants, including every free byte zero");
+}
+
+#[test]
+fn memlock_1mib_growable_secret() {
+    growable(this_test!(), Kind::Secret);
+}
+
+#[test]
+fn memlock_1mib_growable_fallback() {
+    growable(this_test!(), Kind::Fallback);
+}
+
+/// How many 32-byte secrets an unprivileged process with the common 8 MiB
+/// limit can hold (memsec's per-allocation memfd_secret path: 512).
+fn held_at_8mib(case: &str, kind: Kind) {
+    const LIMIT: usize = 8 * MIB;
+    if !is_child(case) {
+        let out = Sandbox::new(case).memlock_limit(LIMIT as u64).run();
+        assert_child_passed(&out);
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("HELD")) {
+            let _ = writeln!(std::io::stderr(), "\n{case}: {line}");
+        }
+        return;
+    }
+    assert_limited(LIMIT);
+    let Some(arena) = build(case, kind, 64 << 10, 1 << 40).expect("64 KiB fits") else { return };
+    let held = fill(&arena, LIMIT);
+    let stats = arena.stats();
+    println!(
+        "HELD {} secrets of 32 bytes in a {kind:?} arena of {} KiB ({} segments)",
+        held.len(),
+        stats.capacity >> 10,
+        stats.segments
+    );
+    assert!(held.len() <= LIMIT / 32, "more secrets than the budget holds: {stats:?}");
+    assert!(held.len() >= 200_000, "only {} secrets of 32 bytes under 8 MiB", held.len());
+    assert!(matches!(arena.last_error(), Some(Error::MemlockBudget { .. })), "{:?}", arena.last_error());
+    drop(held);
+    drop(arena);
+
+    if kind == Kind::Secret {
+        // The process-wide arena sizes itself to the budget.
+        let global = secret_arena::global().expect("the global arena");
+        let held = fill(global, LIMIT);
+        println!("HELD {} secrets of 32 bytes in the global() arena ({:?})", held.len(), global.backing());
+        assert!(held.len() >= 200_000, "only {} secrets of 32 bytes in global()", held.len());
+    }
+}
+
+#[test]
+fn secrets_held_at_8mib_secret() {
+    held_at_8mib(this_test!(), Kind::Secret);
+}
+
+#[test]
+fn secrets_held_at_8mib_fallback() {
+    held_at_8mib(this_test!(), Kind::Fallback);
+}

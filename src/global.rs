@@ -45,10 +45,16 @@ static INIT: Mutex<()> = Mutex::new(());
 /// token.extend_from_slice(b"ghp_...");
 /// # Ok::<(), secret_arena::Error>(())
 /// ```
+#[inline]
 pub fn global() -> Result<&'static SecretArena, Error> {
-    if let Some(arena) = GLOBAL.get() {
-        return Ok(arena);
+    match GLOBAL.get() {
+        Some(arena) => Ok(arena),
+        None => create_global(),
     }
+}
+
+#[cold]
+fn create_global() -> Result<&'static SecretArena, Error> {
     let _guard = INIT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(arena) = GLOBAL.get() {
         return Ok(arena);

@@ -40,7 +40,7 @@ mod stats;
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
@@ -90,6 +90,10 @@ pub struct SecretArena {
     /// Published segments; `segments[..segment_count]` are non-null and live
     /// until drop.
     segments: [AtomicPtr<Segment>; MAX_SEGMENTS],
+    /// Each published segment's address range and metadata, copied here so
+    /// the free path finds a page's metadata with two dependent loads
+    /// instead of four. Written once, before `segment_count` publishes it.
+    ranges: [SegRange; MAX_SEGMENTS],
     segment_count: AtomicUsize,
     /// Per-shard hints. May be stale; see `slab`.
     hints: [ShardHints; SHARDS],
@@ -102,6 +106,13 @@ pub struct SecretArena {
     max_capacity: usize,
     capacity: AtomicUsize,
     last_error: Mutex<Option<Error>>,
+}
+
+/// Where a segment's memory and metadata are.
+struct SegRange {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    meta: AtomicPtr<PageMeta>,
 }
 
 /// One shard's hints, on cache lines of their own.
@@ -259,6 +270,13 @@ impl SecretArenaBuilder {
         let max_capacity = (self.max_capacity.unwrap_or(len) / page * page).max(len);
         let arena = SecretArena {
             segments: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_SEGMENTS],
+            ranges: [const {
+                SegRange {
+                    base: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                    meta: AtomicPtr::new(core::ptr::null_mut()),
+                }
+            }; MAX_SEGMENTS],
             segment_count: AtomicUsize::new(0),
             hints: [const {
                 ShardHints {
@@ -275,11 +293,10 @@ impl SecretArenaBuilder {
             grow: Mutex::new(()),
             backing,
             max_capacity,
-            capacity: AtomicUsize::new(len),
+            capacity: AtomicUsize::new(0),
             last_error: Mutex::new(None),
         };
-        arena.segments[0].store(seg.as_ptr(), Ordering::Release);
-        arena.segment_count.store(1, Ordering::Release);
+        arena.publish(0, seg);
         Ok(arena)
     }
 }
@@ -392,10 +409,25 @@ impl SecretArena {
         *lock(&self.last_error)
     }
 
+    /// Makes `seg` the `index`th segment. Grow lock held (or not yet shared).
+    fn publish(&self, index: usize, seg: NonNull<Segment>) {
+        // SAFETY: a live segment just created by `Segment::create`.
+        let s = unsafe { seg.as_ref() };
+        let range = &self.ranges[index];
+        range.base.store(s.base() as usize, Ordering::Relaxed);
+        range.len.store(s.len(), Ordering::Relaxed);
+        range.meta.store(s.meta_ptr(), Ordering::Relaxed);
+        self.segments[index].store(seg.as_ptr(), Ordering::Release);
+        self.capacity.fetch_add(s.len(), Ordering::Relaxed);
+        self.segment_count.store(index + 1, Ordering::Release);
+    }
+
+    #[inline]
     fn segment_count(&self) -> usize {
         self.segment_count.load(Ordering::Acquire)
     }
 
+    #[inline]
     fn segment(&self, i: usize) -> &Segment {
         debug_assert!(i < self.segment_count());
         let p = self.segments[i].load(Ordering::Acquire);
@@ -467,15 +499,27 @@ impl SecretArena {
     /// Finds the live block that starts at `addr`.
     #[inline]
     fn locate(&self, addr: usize) -> Result<Block<'_>, Misuse> {
-        let seg = self.segment_of(addr).ok_or(Misuse::Foreign(addr))?;
-        let page = (addr - seg.base() as usize) / PAGE;
-        let meta = seg.meta(page);
-        let state = meta.state.load(Ordering::Acquire);
-        if state & !0xff == SLAB_HEAD {
-            // The common case: the block is in its slab's first page.
-            return Self::chunk_at(meta, state, addr, addr % PAGE);
+        let n = self.segment_count();
+        let mut i = 0;
+        while i < n {
+            let range = &self.ranges[i];
+            let off = addr.wrapping_sub(range.base.load(Ordering::Relaxed));
+            if off < range.len.load(Ordering::Relaxed) {
+                let page = off / PAGE;
+                // SAFETY: `page < len / PAGE`, the segment's page count, so
+                // this is inside its PageMeta array, which lives as long as
+                // `self`; all-zero bytes are a valid PageMeta.
+                let meta = unsafe { &*range.meta.load(Ordering::Relaxed).add(page) };
+                let state = meta.state.load(Ordering::Acquire);
+                if state & !0xff == SLAB_HEAD {
+                    // The common case: the block is in its slab's first page.
+                    return Self::chunk_at(meta, state, addr, off % PAGE);
+                }
+                return self.locate_slow(self.segment(i), meta, page, state, addr);
+            }
+            i += 1;
         }
-        self.locate_slow(seg, meta, page, state, addr)
+        Err(Misuse::Foreign(addr))
     }
 
     #[cold]
@@ -545,11 +589,13 @@ impl SecretArena {
         // which the caller gives up; chunks are 16-aligned multiples of 16.
         unsafe { wipe_chunk(ptr, info.size as usize) };
         let (w, mask) = (idx / 64, 1u64 << (idx % 64));
-        let old = head.bits[w].fetch_or(mask, Ordering::Release);
-        if old & mask != 0 {
+        // SeqCst (not just Release): see the empty-slab check below. Only
+        // the freed bit of the old value is used, so this is one `lock bts`.
+        if head.bits[w].fetch_or(mask, Ordering::SeqCst) & mask != 0 {
             return Err(Misuse::NotAllocated(ptr as usize));
         }
-        if old == 0 {
+        let now = head.bits[w].load(Ordering::SeqCst);
+        if now == mask {
             // The word was full: leave a hint for the slow path, on this
             // shard's own cache line, and only if it changes.
             let recent = &self.hints[shard::current()].recent[class];
@@ -558,13 +604,14 @@ impl SecretArena {
                 recent.store(me, Ordering::Relaxed);
             }
         }
-        if old | mask == info.all_free[w] {
-            // This word is now empty. The fence pairs with the one in the
-            // slow path's ownership hand-off and with other frees: of two
-            // threads emptying a slab's last words or dropping its owner,
-            // at least one sees the whole slab empty and unowned.
-            fence(Ordering::SeqCst);
-            if head.aux.load(Ordering::Relaxed) == NO_OWNER && head.is_empty(info) {
+        if now == info.all_free[w] {
+            // This word is now empty. The SeqCst RMW above and SeqCst loads
+            // here, with the SeqCst store in the slow path's ownership
+            // hand-off, order all of them: of two threads emptying a slab's
+            // last words, or one emptying it while its owner lets go, at
+            // least one sees the whole slab empty and unowned. (On x86 this
+            // costs no fence: the RMW is locked and the loads are plain.)
+            if head.aux.load(Ordering::SeqCst) == NO_OWNER && head.is_empty(info) {
                 self.release_slab(head, class);
             }
         }

@@ -184,6 +184,11 @@ impl Segment {
         unsafe { self.meta.add(p).as_ref() }
     }
 
+    /// The first `PageMeta`; the array has `pages()` entries.
+    pub(crate) fn meta_ptr(&self) -> *mut PageMeta {
+        self.meta.as_ptr()
+    }
+
     /// Page index of a `PageMeta` of this segment, if it is one.
     pub(crate) fn index_of(&self, m: &PageMeta) -> Option<usize> {
         let off = (m as *const PageMeta as usize).wrapping_sub(self.meta.as_ptr() as usize);

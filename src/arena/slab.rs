@@ -51,9 +51,10 @@ impl PageMeta {
         self.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0)
     }
 
-    /// Whether every chunk is free.
+    /// Whether every chunk is free. SeqCst loads: part of the protocol
+    /// that keeps an emptied slab from being missed (see `free_chunk`).
     pub(crate) fn is_empty(&self, info: &ClassInfo) -> bool {
-        self.bits.iter().zip(&info.all_free).all(|(w, &f)| w.load(Ordering::Relaxed) == f)
+        self.bits.iter().zip(&info.all_free).all(|(w, &f)| w.load(Ordering::SeqCst) == f)
     }
 
     /// Chunks handed out.

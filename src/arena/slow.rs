@@ -18,7 +18,7 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::Ordering;
 
 use super::classes::{CLASS_SIZES, CLASSES, PAGE};
 use super::segment::{self, NO_OWNER, PageMeta, RUN_BODY, RUN_FREEING, RUN_HEAD, SLAB_BODY, SLAB_HEAD, Segment};
@@ -90,10 +90,10 @@ impl SecretArena {
         {
             return;
         }
-        cur.aux.store(NO_OWNER, Ordering::Relaxed);
-        // Pairs with the fence in `free_chunk`: either that free sees no
-        // owner and releases, or this sees the slab empty.
-        fence(Ordering::SeqCst);
+        // SeqCst, as the loads in `is_empty` and the RMW and loads in
+        // `free_chunk`: either that free sees no owner and releases, or this
+        // sees the slab empty.
+        cur.aux.store(NO_OWNER, Ordering::SeqCst);
         if cur.is_empty(&CLASSES[class]) {
             self.release_locked(cur, class, list);
         }
@@ -301,11 +301,7 @@ impl SecretArena {
         loop {
             match Mapping::create_as(want, self.backing).and_then(Segment::create) {
                 Ok(seg) => {
-                    // SAFETY: just created, non-null and live.
-                    let len = unsafe { seg.as_ref() }.len();
-                    self.segments[count].store(seg.as_ptr(), Ordering::Release);
-                    self.capacity.fetch_add(len, Ordering::Relaxed);
-                    self.segment_count.store(count + 1, Ordering::Release);
+                    self.publish(count, seg);
                     return true;
                 }
                 Err(e) => {

@@ -5,9 +5,11 @@
 //! arena by default: wipes the chunk again on free) → the backing
 //! (`memfd_secret` or an mlocked memfd).
 
+use core::alloc::Layout;
 use core::any::type_name;
 use core::fmt;
-use core::mem::MaybeUninit;
+use core::mem::{ManuallyDrop, MaybeUninit};
+use core::ptr::NonNull;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
@@ -174,8 +176,9 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 /// ```
 pub struct SecretBox<T: Zeroize + ?Sized, A: Allocator = DefaultArena> {
     /// Invariant: the value is zeroized (in `Drop`) before the memory is
-    /// handed back to `A`.
-    inner: Box<T, A>,
+    /// handed back to `A`. `ManuallyDrop` because `Drop` takes the box
+    /// apart itself.
+    inner: ManuallyDrop<Box<T, A>>,
 }
 
 /// A boxed slice of secret values; `SecretSlice<u8>` holds key bytes.
@@ -387,7 +390,7 @@ impl<T: Zeroize, A: Allocator> SecretBox<T, A> {
         // no longer holds a value anyone will read.
         unsafe { wipe(src.cast::<u8>(), size_of::<T>()) };
         // SAFETY: the copy above initialised `slot`.
-        SecretBox { inner: unsafe { slot.assume_init() } }
+        SecretBox { inner: ManuallyDrop::new(unsafe { slot.assume_init() }) }
     }
 
     /// Moves `value` into memory from `alloc`.
@@ -403,7 +406,7 @@ impl<T: Zeroize, A: Allocator> SecretBox<T, A> {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn new_in(value: T, alloc: A) -> Self {
-        SecretBox { inner: Box::new_in(value, alloc) }
+        SecretBox { inner: ManuallyDrop::new(Box::new_in(value, alloc)) }
     }
 
     /// As [`new_in`](SecretBox::new_in), but returns an error instead of
@@ -427,7 +430,7 @@ impl<T: Zeroize, A: Allocator> SecretBox<T, A> {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn try_new_in(value: T, alloc: A) -> Result<Self, AllocError> {
-        Ok(SecretBox { inner: Box::try_new_in(value, alloc)? })
+        Ok(SecretBox { inner: ManuallyDrop::new(Box::try_new_in(value, alloc)?) })
     }
 }
 
@@ -498,14 +501,42 @@ impl<T: Zeroize + Default, A: Allocator> SecretBox<T, A> {
 impl<T: Zeroize + ?Sized, A: Allocator> SecretBox<T, A> {
     /// Wraps a box whose contents are already the secret.
     pub(crate) fn from_box(inner: Box<T, A>) -> Self {
-        SecretBox { inner }
+        SecretBox { inner: ManuallyDrop::new(inner) }
     }
 }
 
 impl<T: Zeroize + ?Sized, A: Allocator> Drop for SecretBox<T, A> {
-    /// Zeroizes `T`; the box then drops `T` and frees the memory.
+    /// Zeroizes `T`, drops it and frees the memory.
+    ///
+    /// A `T` without drop glue owns nothing beyond its own bytes, so
+    /// overwriting all of them (padding included) with volatile word stores
+    /// zeroizes it completely, and several times faster than zeroize's
+    /// element-wise writes (32 byte stores for a `[u8; 32]`). Any other `T`
+    /// gets its own `Zeroize` and `Drop`.
     fn drop(&mut self) {
-        self.inner.as_mut().zeroize();
+        // SAFETY: `inner` is taken once, here, and never used again.
+        let boxed = unsafe { ManuallyDrop::take(&mut self.inner) };
+        let layout = Layout::for_value::<T>(&boxed);
+        let (raw, alloc) = Box::into_raw_with_allocator(boxed);
+        if core::mem::needs_drop::<T>() {
+            // SAFETY: `raw` is the live, initialised `T` the box owned; it
+            // is dropped once and not used afterwards.
+            unsafe {
+                (*raw).zeroize();
+                core::ptr::drop_in_place(raw);
+            }
+        } else {
+            // SAFETY: `raw` points at `layout.size()` writable bytes that
+            // nothing else refers to; the `T` in them is never read or
+            // dropped again (it has no drop glue), so all-zero bytes need
+            // not be a valid `T`.
+            unsafe { wipe(raw.cast::<u8>(), layout.size()) };
+        }
+        if layout.size() != 0 {
+            // SAFETY: `raw` was allocated by `alloc` with `layout` (the
+            // layout of the value it holds), and is freed once.
+            unsafe { alloc.deallocate(NonNull::new_unchecked(raw.cast::<u8>()), layout) };
+        }
     }
 }
 

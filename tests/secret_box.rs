@@ -10,6 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
+use zeroize::Zeroize;
+
 use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{DefaultArena, ExposeSecret, ExposeSecretMut, SecretArena, SecretBox, SecretString, SecretVec};
 
@@ -157,6 +159,31 @@ fn box_zeroizes_with_any_allocator() {
     for block in freed {
         assert!(block.iter().all(|&b| b == 0), "freed block still holds {block:02x?}");
     }
+}
+
+/// A secret with drop glue: its `Zeroize` must run (the fast byte wipe is
+/// only for types without it).
+struct Tagged {
+    key: [u8; 48],
+    label: String,
+}
+
+impl Zeroize for Tagged {
+    fn zeroize(&mut self) {
+        self.key.zeroize();
+        self.label.zeroize();
+    }
+}
+
+#[test]
+fn box_zeroizes_and_drops_a_type_with_drop_glue() {
+    let rec = Recording::default();
+    let key = SecretBox::new_in(Tagged { key: [PATTERN; 48], label: String::from("signing key") }, rec.clone());
+    drop(key);
+    let freed = rec.freed();
+    assert_eq!(freed.len(), 1);
+    // `zeroize` cleared the key bytes before the box's memory went back.
+    assert!(!freed[0][..48].contains(&PATTERN), "key bytes survived: {:02x?}", &freed[0][..48]);
 }
 
 #[test]

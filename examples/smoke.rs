@@ -1,3 +1,4 @@
+//! Smoke test: allocates from a fresh arena and prints what it got.
 use allocator_api2::vec::Vec;
 use secret_arena::SecretArena;
 fn main() {

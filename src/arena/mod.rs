@@ -439,10 +439,10 @@ impl SecretArena {
     /// a request fails only when nothing in the arena can hold it.
     #[cold]
     fn alloc_small_fallback(&self, class: usize, layout: Layout) -> Option<NonNull<[u8]>> {
-        for bigger in class + 1..CLASS_COUNT {
-            if CLASS_SIZES[bigger] as usize % layout.align() == 0 {
+        for (bigger, &size) in CLASS_SIZES.iter().enumerate().skip(class + 1) {
+            if size as usize % layout.align() == 0 {
                 if let Some(p) = self.alloc_chunk(bigger) {
-                    return Some(slice(p as *mut u8, CLASS_SIZES[bigger] as usize));
+                    return Some(slice(p as *mut u8, size as usize));
                 }
             }
         }
@@ -788,10 +788,11 @@ impl SecretArena {
                     let stays = new.size() <= len
                         && (new.size() >= old.size() || class_for(new.size(), new.align()) == Some(class));
                     if stays {
-                        // SAFETY (both arms): the ranges lie inside the live chunk.
                         if new.size() < old.size() {
+                            // SAFETY: `new.size()..len` lies inside the live chunk.
                             unsafe { wipe(p.add(new.size()), len - new.size()) };
                         } else if zero {
+                            // SAFETY: `old.size()..new.size()` lies inside the live chunk.
                             unsafe { p.add(old.size()).write_bytes(0, new.size() - old.size()) };
                         }
                         return Ok(Some(slice(p, len)));

@@ -6,6 +6,7 @@ pub mod arena;
 mod backing;
 mod error;
 mod global;
+mod sync;
 mod wipe;
 
 pub use alloc_api::SecretGlobalAlloc;

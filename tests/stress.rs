@@ -5,7 +5,8 @@
 //! once is caught three ways: the set already holds its address, the fresh
 //! block is not zero (the other owner wrote it), or an owner's pattern
 //! changes under it. Half the blocks are freed by a different thread from
-//! the one that allocated them: they travel round a ring of channels.
+//! the one that allocated them: they travel round a ring of channels. A
+//! quarter of the rounds also grow or shrink a block, in place or by a move.
 //! At the end every block is freed and `check_invariants` runs.
 
 use core::alloc::Layout;
@@ -117,6 +118,33 @@ fn free(arena: &SecretArena, reg: &Registry, b: Block, what: &str) {
     unsafe { arena.deallocate(ptr, b.layout) };
 }
 
+/// Grows or shrinks one of this thread's blocks to a random layout, in
+/// place or by a move, and checks that its contents came along.
+fn resize(arena: &SecretArena, reg: &Registry, rng: &mut Rng, b: Block) -> Block {
+    check(&b, "before resize");
+    // The returned length fits the block too, so all of it is preserved.
+    let old = Layout::from_size_align(b.len, b.layout.align()).unwrap();
+    let new = layout(rng);
+    let ptr = NonNull::new(b.addr as *mut u8).unwrap();
+    reg.remove(&b);
+    // SAFETY: a live block of `arena` that `old` fits, owned by this thread;
+    // `grow` gets a larger and `shrink` a smaller layout.
+    let r = unsafe { if new.size() >= old.size() { arena.grow(ptr, old, new) } else { arena.shrink(ptr, old, new) } };
+    let Ok(p) = r else {
+        reg.add(&b);
+        return b;
+    };
+    let nb = Block { addr: p.as_ptr().cast::<u8>() as usize, len: p.len(), layout: new, tag: b.tag | 0x80 };
+    assert_eq!(nb.addr % new.align(), 0, "{nb:?} misaligned");
+    reg.add(&nb);
+    let kept = old.size().min(new.size()) / 8;
+    for (i, &w) in words(&nb)[..kept].iter().enumerate() {
+        assert_eq!(w, b.tag ^ i as u64, "word {i} of {b:?} was not carried over to {nb:?}");
+    }
+    stamp(&nb);
+    nb
+}
+
 /// One worker: allocates, checks, frees its own blocks, and passes every
 /// other block to the next thread, freeing what the previous one sends.
 /// Returns its allocation failures and its inbox, which may still hold
@@ -146,6 +174,11 @@ fn worker(
         }
         while let Ok(b) = inbox.try_recv() {
             free(arena, reg, b, "received from another thread");
+        }
+        if !mine.is_empty() && rng.below(4) == 0 {
+            let i = rng.below(mine.len() as u64) as usize;
+            let b = mine.swap_remove(i);
+            mine.push(resize(arena, reg, &mut rng, b));
         }
         if mine.len() > 48 || (!mine.is_empty() && rng.below(3) == 0) {
             let i = rng.below(mine.len() as u64) as usize;

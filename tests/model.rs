@@ -127,8 +127,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Reached {
     /// `allocate` returned `AllocError`: the arena was full.
     alloc_failed: Cell<usize>,
-    /// `grow` returned `AllocError` and left the block alone.
-    grow_failed: Cell<usize>,
+    /// `grow` or `shrink` returned `AllocError` and left the block alone.
+    resize_failed: Cell<usize>,
     /// A class carved a second slab because its first was full.
     class_exhausted: Cell<usize>,
     /// A small request was served by a bigger class: its own was exhausted
@@ -329,7 +329,7 @@ impl Model<'_> {
         zeroed: bool,
     ) -> Result<(), TestCaseError> {
         let Ok(p) = r else {
-            Reached::bump(&self.reached.grow_failed);
+            Reached::bump(&self.reached.resize_failed);
             check_pattern(&b, b.len, "after a failed resize")?;
             return self.insert(b);
         };
@@ -447,9 +447,9 @@ fn assert_reached(what: &str, n: &Cell<usize>) {
 /// classes standing in, and failed grows are common.
 #[test]
 fn tiny_fixed_arena_matches_the_model() {
-    let r = run(16 << 10, 16 << 10, BackingPolicy::PreferSecret, 48, 120);
+    let r = run(16 << 10, 16 << 10, BackingPolicy::PreferSecret, 128, 120);
     assert_reached("arena full (allocate failed)", &r.alloc_failed);
-    assert_reached("grow failed, block kept", &r.grow_failed);
+    assert_reached("resize failed, block kept", &r.resize_failed);
     assert_reached("class exhausted (second slab carved)", &r.class_exhausted);
     assert_reached("request served by a bigger class", &r.served_by_bigger_class);
     assert_reached("page-run allocation", &r.page_run);
@@ -461,7 +461,7 @@ fn tiny_fixed_arena_matches_the_model() {
 /// One 64 KiB segment: room for runs to grow and shrink in place.
 #[test]
 fn fixed_arena_matches_the_model() {
-    let r = run(64 << 10, 64 << 10, BackingPolicy::PreferSecret, 32, 200);
+    let r = run(64 << 10, 64 << 10, BackingPolicy::PreferSecret, 96, 200);
     assert_reached("arena full (allocate failed)", &r.alloc_failed);
     assert_reached("class exhausted (second slab carved)", &r.class_exhausted);
     assert_reached("page-run allocation", &r.page_run);
@@ -475,7 +475,7 @@ fn fixed_arena_matches_the_model() {
 /// arena is full.
 #[test]
 fn growable_arena_matches_the_model() {
-    let r = run(8 << 10, 256 << 10, BackingPolicy::PreferSecret, 32, 200);
+    let r = run(8 << 10, 256 << 10, BackingPolicy::PreferSecret, 96, 200);
     assert_reached("new segment added", &r.segment_added);
     assert_reached("arena full at max_capacity", &r.alloc_failed);
     assert_reached("class exhausted (second slab carved)", &r.class_exhausted);
@@ -487,7 +487,7 @@ fn growable_arena_matches_the_model() {
 /// The same on the mlocked-memfd fallback backing.
 #[test]
 fn growable_fallback_arena_matches_the_model() {
-    let r = run(8 << 10, 128 << 10, BackingPolicy::ForceFallback, 16, 150);
+    let r = run(8 << 10, 128 << 10, BackingPolicy::ForceFallback, 48, 150);
     assert_reached("new segment added", &r.segment_added);
     assert_reached("arena full at max_capacity", &r.alloc_failed);
     assert_reached("page-run allocation", &r.page_run);

@@ -100,6 +100,8 @@ fn align() -> impl Strategy<Value = usize> {
         8 => (0u32..=4).prop_map(|s| 1usize << s),
         2 => (5u32..=11).prop_map(|s| 1usize << s),
         1 => Just(4096usize),
+        // Beyond the page: runs placed at aligned addresses.
+        1 => (13u32..=16).prop_map(|s| 1usize << s),
     ]
 }
 

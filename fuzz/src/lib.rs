@@ -48,9 +48,10 @@ impl Size {
     }
 }
 
-/// A layout of `size` bytes with alignment `1 << (shift % 13)` (1 to 4096).
+/// A layout of `size` bytes with alignment `1 << (shift % 17)`: 1 to 4096,
+/// and beyond the page up to 64 KiB.
 pub fn layout(size: usize, shift: u8) -> Layout {
-    Layout::from_size_align(size, 1 << (shift % 13)).expect("sizes here are far below isize::MAX")
+    Layout::from_size_align(size, 1 << (shift % 17)).expect("sizes here are far below isize::MAX")
 }
 
 /// The pattern byte at offset `i` of a block tagged `seed`: never zero, and

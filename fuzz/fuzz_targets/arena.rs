@@ -24,11 +24,29 @@ enum Config {
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Alloc { size: Size, align: u8, zeroed: bool },
+    Alloc {
+        size: Size,
+        align: u8,
+        zeroed: bool,
+    },
     /// `full`: free with the returned length instead of the requested size.
-    Free { pick: u16, full: bool },
-    Grow { pick: u16, by: Size, align: u8, zeroed: bool, full: bool },
-    Shrink { pick: u16, to: u16, align: u8, full: bool },
+    Free {
+        pick: u16,
+        full: bool,
+    },
+    Grow {
+        pick: u16,
+        by: Size,
+        align: u8,
+        zeroed: bool,
+        full: bool,
+    },
+    Shrink {
+        pick: u16,
+        to: u16,
+        align: u8,
+        full: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -88,7 +106,10 @@ fn step(arena: &SecretArena, live: &mut Live, action: &Action) {
             let r = if zeroed { arena.allocate_zeroed(l) } else { arena.allocate(l) };
             let Ok(p) = r else { return };
             let (ptr, len) = (p.cast::<u8>(), p.len());
-            assert!(len >= l.size() && ptr.as_ptr() as usize % l.align() == 0, "{l:?} got {ptr:p} len {len}");
+            assert!(
+                len >= l.size() && (ptr.as_ptr() as usize).is_multiple_of(l.align()),
+                "{l:?} got {ptr:p} len {len}"
+            );
             // SAFETY: the fresh block is `len` bytes; free memory is always zero.
             unsafe { check_zero(ptr.as_ptr(), 0, len, "fresh block") };
             let seed = live.seed();
@@ -108,9 +129,7 @@ fn step(arena: &SecretArena, live: &mut Live, action: &Action) {
             let old = fitting(&b, full);
             let new = layout(old.size().saturating_add(by.bytes()).min(96 << 10), align);
             // SAFETY: live block, `old` fits it, `new.size() >= old.size()`.
-            let r = unsafe {
-                if zeroed { arena.grow_zeroed(b.ptr, old, new) } else { arena.grow(b.ptr, old, new) }
-            };
+            let r = unsafe { if zeroed { arena.grow_zeroed(b.ptr, old, new) } else { arena.grow(b.ptr, old, new) } };
             resized(live, b, old, new, r, zeroed);
         }
         Action::Shrink { pick, to, align, full } => {
@@ -141,7 +160,7 @@ fn resized(
         return;
     };
     let (ptr, len) = (p.cast::<u8>(), p.len());
-    assert!(len >= new.size() && ptr.as_ptr() as usize % new.align() == 0, "{new:?} got {ptr:p} len {len}");
+    assert!(len >= new.size() && (ptr.as_ptr() as usize).is_multiple_of(new.align()), "{new:?} got {ptr:p} len {len}");
     let kept = old.size().min(new.size());
     // SAFETY: the new block is `len >= kept` bytes.
     unsafe { check_pattern(ptr.as_ptr(), kept, b.seed, "after resize") };

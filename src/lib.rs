@@ -12,6 +12,7 @@ mod secret_bytes;
 mod secret_serde;
 mod secret_string;
 mod secret_vec;
+mod sync;
 mod wipe;
 
 pub use alloc_api::SecretGlobalAlloc;

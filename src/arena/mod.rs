@@ -25,9 +25,11 @@
 //! 2. `committed` pages (slabs plus runs) `+` free pages `==` capacity pages.
 //! 3. A slab is in exactly one class list, its class's, while its head's
 //!    state is `SLAB_HEAD | class`.
-//! 4. A slab with an owner (a shard) is that shard's current slab; an empty
-//!    slab without owner is released at once, and owned empty slabs are
-//!    reclaimed when pages run out, before the arena grows.
+//! 4. A slab with an owner (a shard) is that shard's current slab. An empty
+//!    slab without owner is released by the free that empties it (unless a
+//!    stale hint holds a bit at that instant; it is then reused or reclaimed
+//!    later), and every empty slab, owned or not, is reclaimed when pages run
+//!    out, before the arena grows.
 
 pub(crate) mod classes;
 mod resize;

@@ -26,13 +26,13 @@
 //!    untouched and zero.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::mm::{self, MapFlags, ProtFlags};
 
 use super::classes::{PAGE, WORDS};
 use crate::backing::{Backing, Mapping};
 use crate::error::{Error, Step};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// `PageMeta::state` of a page that belongs to nobody.
 pub(crate) const FREE: u32 = 0;
@@ -64,6 +64,22 @@ pub(crate) struct PageMeta {
     pub base: AtomicUsize,
     /// Slab heads: 1 = free chunk. Invariants 2 and 3.
     pub bits: [AtomicU64; WORDS],
+}
+
+#[cfg(all(loom, test))]
+impl PageMeta {
+    /// A page's metadata outside any segment, for the loom tests, which
+    /// cannot map one: `state`, chunks starting at `base`, and `bits`.
+    pub(crate) fn for_loom(state: u32, base: usize, bits: [u64; WORDS]) -> PageMeta {
+        PageMeta {
+            state: AtomicU32::new(state),
+            aux: AtomicU32::new(NO_OWNER),
+            prev: AtomicPtr::new(core::ptr::null_mut()),
+            next: AtomicPtr::new(core::ptr::null_mut()),
+            base: AtomicUsize::new(base),
+            bits: bits.map(AtomicU64::new),
+        }
+    }
 }
 
 /// One mapping and its metadata. Lives at the start of its metadata mapping.

@@ -1,0 +1,260 @@
+//! Concurrency stress: more threads than cores share one `&SecretArena`.
+//!
+//! Every block is stamped with its owner's pattern over its whole length and
+//! registered in a set of live addresses. A block handed to two threads at
+//! once is caught three ways: the set already holds its address, the fresh
+//! block is not zero (the other owner wrote it), or an owner's pattern
+//! changes under it. Half the blocks are freed by a different thread from
+//! the one that allocated them: they travel round a ring of channels. A
+//! quarter of the rounds also grow or shrink a block, in place or by a move.
+//! At the end every block is freed and `check_invariants` runs.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Barrier, Mutex};
+use std::thread;
+
+use secret_arena::SecretArena;
+use secret_arena::allocator_api2::alloc::Allocator;
+
+const THREADS: usize = 8;
+/// Blocks one thread may have waiting in its inbox.
+const IN_FLIGHT: usize = 64;
+
+/// A block in flight. Addresses, not pointers, so it can cross threads.
+#[derive(Debug)]
+struct Block {
+    addr: usize,
+    len: usize,
+    layout: Layout,
+    tag: u64,
+}
+
+/// Live block addresses, sharded to keep the test's own locking out of the
+/// arena's way.
+struct Registry([Mutex<HashSet<usize>>; 16]);
+
+impl Registry {
+    fn new() -> Self {
+        Registry(core::array::from_fn(|_| Mutex::new(HashSet::new())))
+    }
+    fn shard(&self, addr: usize) -> &Mutex<HashSet<usize>> {
+        &self.0[(addr >> 4) % self.0.len()]
+    }
+    fn add(&self, b: &Block) {
+        assert!(self.shard(b.addr).lock().unwrap().insert(b.addr), "{:#x} handed out while live: {b:?}", b.addr);
+    }
+    fn remove(&self, b: &Block) {
+        assert!(self.shard(b.addr).lock().unwrap().remove(&b.addr), "{:#x} freed but not live", b.addr);
+    }
+}
+
+/// xorshift64*: a fast, seedable generator without dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn words(b: &Block) -> &[u64] {
+    // SAFETY: `addr..addr + len` is a live block owned by the calling thread
+    // (the registry proves no one else holds it); blocks are at least
+    // 8-aligned here and `len` is a multiple of 8 (chunks and runs are).
+    unsafe { core::slice::from_raw_parts(b.addr as *const u64, b.len / 8) }
+}
+
+fn stamp(b: &Block) {
+    for i in 0..b.len / 8 {
+        // SAFETY: as in `words`; word `i` is inside the block, and no
+        // reference into it is live.
+        unsafe { (b.addr as *mut u64).add(i).write(b.tag ^ i as u64) };
+    }
+}
+
+fn check(b: &Block, what: &str) {
+    for (i, &w) in words(b).iter().enumerate() {
+        assert_eq!(w, b.tag ^ i as u64, "{what}: word {i} of {b:?} was overwritten by another owner");
+    }
+}
+
+/// A mix: mostly small chunks of every class, some page runs.
+fn layout(rng: &mut Rng) -> Layout {
+    let size = match rng.below(10) {
+        0..=5 => 1 + rng.below(256),
+        6..=8 => 1 + rng.below(2048),
+        _ => 2049 + rng.below(14 * 1024),
+    } as usize;
+    let align = 8 << rng.below(4); // 8..64
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn alloc(arena: &SecretArena, reg: &Registry, rng: &mut Rng, tag: u64) -> Option<Block> {
+    let layout = layout(rng);
+    let p = arena.allocate(layout).ok()?;
+    let b = Block { addr: p.as_ptr().cast::<u8>() as usize, len: p.len(), layout, tag };
+    assert_eq!(b.addr % layout.align(), 0, "{b:?} misaligned");
+    reg.add(&b);
+    assert!(words(&b).iter().all(|&w| w == 0), "fresh block {b:?} is not zero: another owner is writing it");
+    stamp(&b);
+    Some(b)
+}
+
+fn free(arena: &SecretArena, reg: &Registry, b: Block, what: &str) {
+    check(&b, what);
+    reg.remove(&b);
+    let ptr = NonNull::new(b.addr as *mut u8).unwrap();
+    // SAFETY: a live block of `arena`, allocated with `b.layout`, given up
+    // by its only owner.
+    unsafe { arena.deallocate(ptr, b.layout) };
+}
+
+/// Grows or shrinks one of this thread's blocks to a random layout, in
+/// place or by a move, and checks that its contents came along.
+fn resize(arena: &SecretArena, reg: &Registry, rng: &mut Rng, b: Block) -> Block {
+    check(&b, "before resize");
+    // The returned length fits the block too, so all of it is preserved.
+    let old = Layout::from_size_align(b.len, b.layout.align()).unwrap();
+    let new = layout(rng);
+    let ptr = NonNull::new(b.addr as *mut u8).unwrap();
+    reg.remove(&b);
+    // SAFETY: a live block of `arena` that `old` fits, owned by this thread;
+    // `grow` gets a larger and `shrink` a smaller layout.
+    let r = unsafe { if new.size() >= old.size() { arena.grow(ptr, old, new) } else { arena.shrink(ptr, old, new) } };
+    let Ok(p) = r else {
+        reg.add(&b);
+        return b;
+    };
+    let nb = Block { addr: p.as_ptr().cast::<u8>() as usize, len: p.len(), layout: new, tag: b.tag | 0x80 };
+    assert_eq!(nb.addr % new.align(), 0, "{nb:?} misaligned");
+    reg.add(&nb);
+    let kept = old.size().min(new.size()) / 8;
+    for (i, &w) in words(&nb)[..kept].iter().enumerate() {
+        assert_eq!(w, b.tag ^ i as u64, "word {i} of {b:?} was not carried over to {nb:?}");
+    }
+    stamp(&nb);
+    nb
+}
+
+/// One worker: allocates, checks, frees its own blocks, and passes every
+/// other block to the next thread, freeing what the previous one sends.
+/// Returns its allocation failures and its inbox, which may still hold
+/// blocks sent after it stopped reading.
+fn worker(
+    id: usize,
+    arena: &SecretArena,
+    reg: &Registry,
+    rounds: usize,
+    out: SyncSender<Block>,
+    inbox: Receiver<Block>,
+) -> (usize, Receiver<Block>) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut mine: Vec<Block> = Vec::new();
+    let mut failures = 0;
+    for round in 0..rounds {
+        let tag = ((id as u64) << 56) | (round as u64) << 8;
+        match alloc(arena, reg, &mut rng, tag) {
+            // A full inbox (a slow neighbour) bounds what is in flight.
+            Some(b) if round % 2 == 0 => match out.try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => mine.push(b),
+                Err(TrySendError::Disconnected(_)) => unreachable!("inboxes live until the end"),
+            },
+            Some(b) => mine.push(b),
+            None => failures += 1,
+        }
+        while let Ok(b) = inbox.try_recv() {
+            free(arena, reg, b, "received from another thread");
+        }
+        if !mine.is_empty() && rng.below(4) == 0 {
+            let i = rng.below(mine.len() as u64) as usize;
+            let b = mine.swap_remove(i);
+            mine.push(resize(arena, reg, &mut rng, b));
+        }
+        if mine.len() > 48 || (!mine.is_empty() && rng.below(3) == 0) {
+            let i = rng.below(mine.len() as u64) as usize;
+            free(arena, reg, mine.swap_remove(i), "own block");
+        }
+        if round % 64 == 0 {
+            mine.iter().for_each(|b| check(b, "periodic check"));
+        }
+    }
+    for b in mine {
+        free(arena, reg, b, "own block at the end");
+    }
+    (failures, inbox)
+}
+
+/// Runs `THREADS` workers on `arena`, `rounds` allocations each; frees
+/// everything; returns the allocation failures.
+fn hammer(arena: &SecretArena, rounds: usize) -> usize {
+    let reg = Registry::new();
+    let (mut senders, mut receivers): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| sync_channel::<Block>(IN_FLIGHT)).unzip();
+    // Thread i reads inbox i and sends to inbox i + 1.
+    senders.rotate_right(1);
+    let start = Barrier::new(THREADS);
+    let results: Vec<(usize, Receiver<Block>)> = thread::scope(|s| {
+        let handles: Vec<_> = senders
+            .into_iter()
+            .zip(receivers.drain(..))
+            .enumerate()
+            .map(|(id, (out, inbox))| {
+                let (reg, start) = (&reg, &start);
+                s.spawn(move || {
+                    start.wait();
+                    worker(id, arena, reg, rounds, out, inbox)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+    });
+    let mut failures = 0;
+    for (f, inbox) in results {
+        failures += f;
+        for b in inbox.try_iter() {
+            free(arena, &reg, b, "left in an inbox");
+        }
+    }
+    failures
+}
+
+fn rounds(default: usize) -> usize {
+    std::env::var("SECRET_ARENA_STRESS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Plenty of room, one segment: the lock-free fast path and cross-thread
+/// frees, with slabs released and re-carved as threads free into them.
+#[test]
+fn eight_threads_share_one_arena_and_free_each_others_blocks() {
+    let arena = SecretArena::builder().capacity(4 << 20).build().unwrap();
+    let failures = hammer(&arena, rounds(30_000));
+    assert_eq!(failures, 0, "a 4 MiB arena should never be full here");
+    // SAFETY: single-threaded here: nothing else uses the arena during the check.
+    unsafe { arena.check_invariants() }.expect("invariants after the stress run");
+    let stats = arena.stats();
+    assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
+    assert!(stats.classes.iter().filter(|c| c.slabs > 0).count() > 10, "too few classes exercised: {stats:?}");
+}
+
+/// Starts at 16 KiB and grows to 512 KiB while eight threads race for it:
+/// segments are added concurrently and the arena runs full.
+#[test]
+fn eight_threads_grow_a_small_arena_and_run_it_full() {
+    let arena = SecretArena::builder().capacity(16 << 10).max_capacity(512 << 10).build().unwrap();
+    let failures = hammer(&arena, rounds(20_000));
+    // SAFETY: single-threaded here: nothing else uses the arena during the check.
+    unsafe { arena.check_invariants() }.expect("invariants after the stress run");
+    let stats = arena.stats();
+    assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
+    assert!(stats.segments > 1, "the arena never grew: {stats:?}");
+    assert!(failures > 0, "the arena never ran full: {stats:?}");
+}

@@ -295,8 +295,10 @@ impl SecretArena {
             return false;
         }
         // Grow by a quarter, so locked memory stays within 1.25x of what is
-        // used, but by enough that the segments left can reach the maximum.
-        let spread = room / (MAX_SEGMENTS - count);
+        // used. 32 such steps multiply the arena by ~1,300; past them, steps
+        // also spread what is left over the segments left, so the maximum
+        // stays reachable.
+        let spread = if count >= MAX_SEGMENTS / 2 { room / (MAX_SEGMENTS - count) } else { 0 };
         let mut want = (capacity / 4).max(spread).next_multiple_of(page).max(min_bytes).min(room);
         loop {
             match Mapping::create_as(want, self.backing).and_then(Segment::create) {

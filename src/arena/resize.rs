@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use super::classes::{PAGE, class_for};
-use super::segment::{self, RUN_BODY, Segment};
+use super::segment::{RUN_BODY, Segment};
 use super::{Block, Misuse, SecretArena, dangling, lock, slice};
 use crate::wipe::wipe;
 
@@ -112,12 +112,7 @@ impl SecretArena {
             return;
         }
         seg.meta(page).aux.store(need as u32, Ordering::Relaxed);
-        for p in page + need..page + pages {
-            seg.meta(p).state.store(segment::FREE, Ordering::Release);
-        }
-        let mut counters = lock(&self.pages);
-        seg.put_pages(page + need, pages - need);
-        counters.committed -= pages - need;
+        self.return_pages(seg, page + need, pages - need);
     }
 
     /// Grows a run to `need` pages if the pages after it are free.

@@ -240,8 +240,12 @@ impl Segment {
         start + n <= self.pages && (start..start + n).all(|p| self.page_is_free(p))
     }
 
-    /// Marks `start..start + n` used (`used = true`) or free. Page lock held.
+    /// Marks `start..start + n` used (`used = true`, raising the high-water
+    /// mark) or free. Page lock held.
     fn set_range(&self, start: usize, n: usize, used: bool) {
+        if used && start + n > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.store(start + n, Ordering::Release);
+        }
         for p in start..start + n {
             let mask = 1u64 << (p % 64);
             let word = self.used_word(p / 64);
@@ -265,10 +269,6 @@ impl Segment {
         let found = self.find_free(hint, self.pages, n, align).or_else(|| self.find_free(0, hint + n - 1, n, align))?;
         self.set_range(found, n, true);
         self.search_hint.store(found + n, Ordering::Relaxed);
-        let hw = self.high_water.load(Ordering::Relaxed);
-        if found + n > hw {
-            self.high_water.store(found + n, Ordering::Release);
-        }
         Some(found)
     }
 
@@ -288,10 +288,6 @@ impl Segment {
             return false;
         }
         self.set_range(start, n, true);
-        let hw = self.high_water.load(Ordering::Relaxed);
-        if start + n > hw {
-            self.high_water.store(start + n, Ordering::Release);
-        }
         true
     }
 

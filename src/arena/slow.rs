@@ -203,12 +203,7 @@ impl SecretArena {
         list.count -= 1;
         head.aux.store(NO_OWNER, Ordering::Relaxed);
         let (seg, page) = self.meta_home(head);
-        for p in page..page + info.pages as usize {
-            seg.meta(p).state.store(segment::FREE, Ordering::Release);
-        }
-        let mut counters = lock(&self.pages);
-        seg.put_pages(page, info.pages as usize);
-        counters.committed -= info.pages as usize;
+        self.return_pages(seg, page, info.pages as usize);
         true
     }
 
@@ -343,12 +338,18 @@ impl SecretArena {
         // SAFETY: the run `page..page + pages` is live and being given up;
         // it is page-aligned and a multiple of 16 bytes long.
         unsafe { wipe_chunk(seg.page_addr(page), pages * PAGE) };
-        for p in page..page + pages {
+        self.return_pages(seg, page, pages);
+        Ok(())
+    }
+
+    /// Marks `start..start + n` free and gives them back to the page pool.
+    /// The pages must already be zero and belong to no block.
+    pub(super) fn return_pages(&self, seg: &Segment, start: usize, n: usize) {
+        for p in start..start + n {
             seg.meta(p).state.store(segment::FREE, Ordering::Release);
         }
         let mut counters = lock(&self.pages);
-        seg.put_pages(page, pages);
-        counters.committed -= pages;
-        Ok(())
+        seg.put_pages(start, n);
+        counters.committed -= n;
     }
 }

@@ -394,7 +394,10 @@ impl SecretArena {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.segment_of(ptr as usize).is_some()
+        let addr = ptr as usize;
+        self.ranges[..self.segment_count()]
+            .iter()
+            .any(|r| addr.wrapping_sub(r.base.load(Ordering::Relaxed)) < r.len.load(Ordering::Relaxed))
     }
 
     /// Why the arena last failed to grow, if it ever did: the detail an
@@ -440,22 +443,6 @@ impl SecretArena {
 
     fn segments(&self) -> impl Iterator<Item = &Segment> {
         (0..self.segment_count()).map(|i| self.segment(i))
-    }
-
-    #[inline]
-    fn segment_of(&self, addr: usize) -> Option<&Segment> {
-        let n = self.segment_count();
-        let mut i = 0;
-        while i < n {
-            let p = self.segments[i].load(Ordering::Acquire);
-            // SAFETY: as in `segment`: published, live while `&self` is.
-            let seg = unsafe { &*p };
-            if seg.contains(addr) {
-                return Some(seg);
-            }
-            i += 1;
-        }
-        None
     }
 
     /// The segment whose metadata holds `m`, and `m`'s page index.

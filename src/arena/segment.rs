@@ -184,12 +184,6 @@ impl Segment {
         self.pages
     }
 
-    /// Whether `addr` is inside the usable memory.
-    #[inline]
-    pub(crate) fn contains(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.base() as usize) < self.len()
-    }
-
     /// Metadata of page `p`.
     #[inline]
     pub(crate) fn meta(&self, p: usize) -> &PageMeta {

@@ -15,7 +15,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use zeroize::Zeroize;
 
-use crate::DefaultArena;
+use crate::global::DefaultArena;
 use crate::wipe::wipe;
 
 /// Read access to a secret, by explicit call only.

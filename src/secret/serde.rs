@@ -22,9 +22,9 @@ use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, SeqAccess, Vi
 use serde::ser::{Serialize, Serializer};
 use zeroize::Zeroize;
 
-use crate::secret_box::{ExposeSecret, ExposeSecretMut, SecretBox};
-use crate::secret_string::SecretString;
-use crate::secret_vec::SecretVec;
+use crate::secret::boxed::{ExposeSecret, ExposeSecretMut, SecretBox};
+use crate::secret::string::SecretString;
+use crate::secret::vec::SecretVec;
 
 /// Marker: a secret type that may be serialized (written out in the
 /// clear). [`SecretBox<T>`] is `Serialize` only when `T` implements it.

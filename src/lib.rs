@@ -18,7 +18,10 @@ pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
 #[cfg(feature = "serde")]
 pub use secret::SerializableSecret;
-pub use secret::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice, SecretString, SecretVec};
+pub use secret::{
+    CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretCell, SecretSlice, SecretString, SecretVec,
+    wipe_stack,
+};
 
 /// allocator-api2, re-exported so users name the same `Allocator` trait.
 pub use allocator_api2;

@@ -93,7 +93,7 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 ///   then wipes the whole chunk again (including padding bytes that
 ///   `zeroize` may not reach). For a `T` that is `ZeroizeOnDrop` or cleans
 ///   up in its own `Drop` but is not `Zeroize` (expanded cipher keys), see
-///   `SecretCell`.
+///   [`SecretCell`](crate::SecretCell).
 /// - **`Send` / `Sync`** follow `T` and `A` (the box is an owning pointer).
 /// - With the `subtle` feature, `==` is constant-time through
 ///   `subtle::ConstantTimeEq`; with `serde`, it deserializes, and serializes

@@ -8,13 +8,17 @@
 
 pub(crate) mod boxed;
 mod bytes;
+mod cell;
 #[cfg(feature = "serde")]
 pub(crate) mod serde;
+mod stack;
 pub(crate) mod string;
 pub(crate) mod vec;
 
 #[cfg(feature = "serde")]
 pub use self::serde::SerializableSecret;
 pub use boxed::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice};
+pub use cell::SecretCell;
+pub use stack::wipe_stack;
 pub use string::SecretString;
 pub use vec::SecretVec;

@@ -10,6 +10,8 @@ pub(crate) mod boxed;
 mod bytes;
 mod cell;
 #[cfg(feature = "serde")]
+mod redact;
+#[cfg(feature = "serde")]
 pub(crate) mod serde;
 mod stack;
 pub(crate) mod string;

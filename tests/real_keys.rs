@@ -1,0 +1,141 @@
+//! Real key types, built in secret memory with `SecretCell`, used, dropped,
+//! and the memory they lived in read back through a saved raw pointer.
+//!
+//! Crates (dev-dependencies, renamed so two majors live side by side):
+//! aes-gcm 0.10.3 and 0.11.1, chacha20poly1305 0.10.1 and 0.11.0,
+//! x25519-dalek 2.0.1 and 3.0.0, ed25519-dalek 2.2.0. None of their cipher
+//! or secret types is `Zeroize`, so none fits in a `SecretBox`.
+//!
+//! Each test: the key bytes go straight into secret memory
+//! (`init_with_mut`), the cipher or secret is built there (`init_with`,
+//! then `wipe_stack`), does 1,000 encrypt/decrypt or sign/verify or DH
+//! operations, and is dropped. While it lives, its chunk must hold
+//! non-zero bytes (the test looks at the right place); after drop, every
+//! byte of it must read zero, and the arena must have nothing in use.
+
+use secret_arena::{ExposeSecret, SecretArena, SecretCell, wipe_stack};
+
+const ROUNDS: u32 = 1000;
+
+fn arena() -> SecretArena {
+    SecretArena::new(256 << 10).expect("secret arena")
+}
+
+/// A key that is computed, not stored, so no copy of it sits in the binary.
+fn fill_key(k: &mut [u8]) {
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(0x5B);
+    }
+}
+
+/// The `size_of::<T>()` bytes at `at`, read volatile.
+///
+/// # Safety
+///
+/// `at..at + len` must be a live or freed chunk of a live arena.
+unsafe fn read_bytes(at: *const u8, len: usize) -> Vec<u8> {
+    // SAFETY: the caller's range is mapped.
+    (0..len).map(|i| unsafe { core::ptr::read_volatile(at.add(i)) }).collect()
+}
+
+/// Drops `cell` and checks that its chunk reads zero afterwards.
+fn assert_wiped_on_drop<T>(cell: SecretCell<T, &SecretArena>, arena: &SecretArena, what: &str) {
+    let at = cell.expose_ptr();
+    let len = size_of::<T>();
+    assert!(arena.contains(at), "{what} is not in the arena");
+    // SAFETY: a live chunk of `arena`.
+    let live = unsafe { read_bytes(at, len) };
+    assert!(live.iter().any(|&b| b != 0), "{what}: the chunk is all zero while the key lives");
+    drop(cell);
+    // SAFETY: the freed chunk stays mapped while `arena` lives.
+    let after = unsafe { read_bytes(at, len) };
+    let left = after.iter().filter(|&&b| b != 0).count();
+    assert_eq!(left, 0, "{what}: {left} of {len} bytes non-zero after drop");
+}
+
+macro_rules! aead_test {
+    ($test:ident, $krate:ident, $cipher:ident, $aead:ident) => {
+        #[test]
+        fn $test() {
+            use $krate::aead::{Key, $aead};
+            use $krate::{KeyInit, $cipher};
+
+            let arena = arena();
+            let key = SecretCell::<Key<$cipher>, _>::init_with_mut_in(|k| fill_key(k), &arena);
+            let cipher = SecretCell::init_with_in(|| <$cipher>::new(key.expose_secret()), &arena);
+            wipe_stack(64 << 10);
+            for i in 0..ROUNDS {
+                let mut nonce = [0u8; 12];
+                nonce[..4].copy_from_slice(&i.to_le_bytes());
+                let msg = format!("message number {i}");
+                let sealed = cipher.expose_secret().encrypt((&nonce).into(), msg.as_bytes()).expect("encrypt");
+                assert_ne!(&sealed[..msg.len()], msg.as_bytes());
+                let opened = cipher.expose_secret().decrypt((&nonce).into(), sealed.as_slice()).expect("decrypt");
+                assert_eq!(opened, msg.as_bytes());
+            }
+            assert_wiped_on_drop(cipher, &arena, stringify!($cipher));
+            assert_wiped_on_drop(key, &arena, "key");
+            assert_eq!(arena.stats().in_use, 0);
+            // SAFETY: no other thread uses the arena now.
+            unsafe { arena.check_invariants() }.expect("every free byte zero");
+        }
+    };
+}
+
+aead_test!(aes_gcm_0_10, aes_gcm_010, Aes256Gcm, Aead);
+aead_test!(aes_gcm_0_11, aes_gcm_011, Aes256Gcm, Aead);
+aead_test!(chacha20poly1305_0_10, chacha20poly1305_010, ChaCha20Poly1305, Aead);
+aead_test!(chacha20poly1305_0_11, chacha20poly1305_011, ChaCha20Poly1305, Aead);
+
+macro_rules! x25519_test {
+    ($test:ident, $krate:ident) => {
+        #[test]
+        fn $test() {
+            use $krate::{PublicKey, StaticSecret};
+
+            let arena = arena();
+            let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), &arena);
+            let ours = SecretCell::init_with_in(|| StaticSecret::from(*seed.expose_secret()), &arena);
+            wipe_stack(64 << 10);
+            let our_public = PublicKey::from(ours.expose_secret());
+            // A few peers; each agreement is checked against the peer's side.
+            let peers: Vec<(PublicKey, [u8; 32])> = (1..=8u8)
+                .map(|p| {
+                    let peer = StaticSecret::from([p; 32]);
+                    (PublicKey::from(&peer), *peer.diffie_hellman(&our_public).as_bytes())
+                })
+                .collect();
+            for i in 0..ROUNDS as usize {
+                let (their_public, expected) = &peers[i % peers.len()];
+                let shared = ours.expose_secret().diffie_hellman(their_public);
+                assert_eq!(shared.as_bytes(), expected);
+            }
+            assert_wiped_on_drop(ours, &arena, "StaticSecret");
+            assert_wiped_on_drop(seed, &arena, "seed");
+            assert_eq!(arena.stats().in_use, 0);
+        }
+    };
+}
+
+x25519_test!(x25519_dalek_2, x25519_dalek_2);
+x25519_test!(x25519_dalek_3, x25519_dalek_3);
+
+#[test]
+fn ed25519_dalek_2_signing_key() {
+    use ed25519_dalek_2::{Signer, SigningKey, Verifier};
+
+    let arena = arena();
+    let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), &arena);
+    let signing = SecretCell::init_with_in(|| SigningKey::from_bytes(seed.expose_secret()), &arena);
+    wipe_stack(64 << 10);
+    let verifying = signing.expose_secret().verifying_key();
+    for i in 0..ROUNDS {
+        let msg = format!("message number {i}");
+        let sig = signing.expose_secret().sign(msg.as_bytes());
+        verifying.verify(msg.as_bytes(), &sig).expect("verify");
+        assert!(verifying.verify(b"another message", &sig).is_err());
+    }
+    assert_wiped_on_drop(signing, &arena, "SigningKey");
+    assert_wiped_on_drop(seed, &arena, "seed");
+    assert_eq!(arena.stats().in_use, 0);
+}

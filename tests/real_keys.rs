@@ -15,10 +15,20 @@
 
 use secret_arena::{ExposeSecret, SecretArena, SecretCell, wipe_stack};
 
+mod common;
+
 const ROUNDS: u32 = 1000;
 
-fn arena() -> SecretArena {
-    SecretArena::new(256 << 10).expect("secret arena")
+/// One small arena at a time, so the tests fit in a 64 KiB
+/// `RLIMIT_MEMLOCK`; the largest key type here is 1,104 bytes.
+static ONE_ARENA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn with_arena(case: &str, f: impl FnOnce(&SecretArena)) {
+    let _one = ONE_ARENA.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match SecretArena::new(16 << 10) {
+        Ok(arena) => f(&arena),
+        Err(e) => common::skip(case, &format!("no 16 KiB arena: {e}")),
+    }
 }
 
 /// A key that is computed, not stored, so no copy of it sits in the binary.
@@ -60,24 +70,25 @@ macro_rules! aead_test {
             use $krate::aead::{Key, $aead};
             use $krate::{KeyInit, $cipher};
 
-            let arena = arena();
-            let key = SecretCell::<Key<$cipher>, _>::init_with_mut_in(|k| fill_key(k), &arena);
-            let cipher = SecretCell::init_with_in(|| <$cipher>::new(key.expose_secret()), &arena);
-            wipe_stack(64 << 10);
-            for i in 0..ROUNDS {
-                let mut nonce = [0u8; 12];
-                nonce[..4].copy_from_slice(&i.to_le_bytes());
-                let msg = format!("message number {i}");
-                let sealed = cipher.expose_secret().encrypt((&nonce).into(), msg.as_bytes()).expect("encrypt");
-                assert_ne!(&sealed[..msg.len()], msg.as_bytes());
-                let opened = cipher.expose_secret().decrypt((&nonce).into(), sealed.as_slice()).expect("decrypt");
-                assert_eq!(opened, msg.as_bytes());
-            }
-            assert_wiped_on_drop(cipher, &arena, stringify!($cipher));
-            assert_wiped_on_drop(key, &arena, "key");
-            assert_eq!(arena.stats().in_use, 0);
-            // SAFETY: no other thread uses the arena now.
-            unsafe { arena.check_invariants() }.expect("every free byte zero");
+            with_arena(stringify!($test), |arena| {
+                let key = SecretCell::<Key<$cipher>, _>::init_with_mut_in(|k| fill_key(k), arena);
+                let cipher = SecretCell::init_with_in(|| <$cipher>::new(key.expose_secret()), arena);
+                wipe_stack(64 << 10);
+                for i in 0..ROUNDS {
+                    let mut nonce = [0u8; 12];
+                    nonce[..4].copy_from_slice(&i.to_le_bytes());
+                    let msg = format!("message number {i}");
+                    let sealed = cipher.expose_secret().encrypt((&nonce).into(), msg.as_bytes()).expect("encrypt");
+                    assert_ne!(&sealed[..msg.len()], msg.as_bytes());
+                    let opened = cipher.expose_secret().decrypt((&nonce).into(), sealed.as_slice()).expect("decrypt");
+                    assert_eq!(opened, msg.as_bytes());
+                }
+                assert_wiped_on_drop(cipher, arena, stringify!($cipher));
+                assert_wiped_on_drop(key, arena, "key");
+                assert_eq!(arena.stats().in_use, 0);
+                // SAFETY: no other thread uses the arena now.
+                unsafe { arena.check_invariants() }.expect("every free byte zero");
+            });
         }
     };
 }
@@ -93,26 +104,27 @@ macro_rules! x25519_test {
         fn $test() {
             use $krate::{PublicKey, StaticSecret};
 
-            let arena = arena();
-            let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), &arena);
-            let ours = SecretCell::init_with_in(|| StaticSecret::from(*seed.expose_secret()), &arena);
-            wipe_stack(64 << 10);
-            let our_public = PublicKey::from(ours.expose_secret());
-            // A few peers; each agreement is checked against the peer's side.
-            let peers: Vec<(PublicKey, [u8; 32])> = (1..=8u8)
-                .map(|p| {
-                    let peer = StaticSecret::from([p; 32]);
-                    (PublicKey::from(&peer), *peer.diffie_hellman(&our_public).as_bytes())
-                })
-                .collect();
-            for i in 0..ROUNDS as usize {
-                let (their_public, expected) = &peers[i % peers.len()];
-                let shared = ours.expose_secret().diffie_hellman(their_public);
-                assert_eq!(shared.as_bytes(), expected);
-            }
-            assert_wiped_on_drop(ours, &arena, "StaticSecret");
-            assert_wiped_on_drop(seed, &arena, "seed");
-            assert_eq!(arena.stats().in_use, 0);
+            with_arena(stringify!($test), |arena| {
+                let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), arena);
+                let ours = SecretCell::init_with_in(|| StaticSecret::from(*seed.expose_secret()), arena);
+                wipe_stack(64 << 10);
+                let our_public = PublicKey::from(ours.expose_secret());
+                // A few peers; each agreement is checked against the peer's side.
+                let peers: Vec<(PublicKey, [u8; 32])> = (1..=8u8)
+                    .map(|p| {
+                        let peer = StaticSecret::from([p; 32]);
+                        (PublicKey::from(&peer), *peer.diffie_hellman(&our_public).as_bytes())
+                    })
+                    .collect();
+                for i in 0..ROUNDS as usize {
+                    let (their_public, expected) = &peers[i % peers.len()];
+                    let shared = ours.expose_secret().diffie_hellman(their_public);
+                    assert_eq!(shared.as_bytes(), expected);
+                }
+                assert_wiped_on_drop(ours, arena, "StaticSecret");
+                assert_wiped_on_drop(seed, arena, "seed");
+                assert_eq!(arena.stats().in_use, 0);
+            });
         }
     };
 }
@@ -124,18 +136,19 @@ x25519_test!(x25519_dalek_3, x25519_dalek_3);
 fn ed25519_dalek_2_signing_key() {
     use ed25519_dalek_2::{Signer, SigningKey, Verifier};
 
-    let arena = arena();
-    let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), &arena);
-    let signing = SecretCell::init_with_in(|| SigningKey::from_bytes(seed.expose_secret()), &arena);
-    wipe_stack(64 << 10);
-    let verifying = signing.expose_secret().verifying_key();
-    for i in 0..ROUNDS {
-        let msg = format!("message number {i}");
-        let sig = signing.expose_secret().sign(msg.as_bytes());
-        verifying.verify(msg.as_bytes(), &sig).expect("verify");
-        assert!(verifying.verify(b"another message", &sig).is_err());
-    }
-    assert_wiped_on_drop(signing, &arena, "SigningKey");
-    assert_wiped_on_drop(seed, &arena, "seed");
-    assert_eq!(arena.stats().in_use, 0);
+    with_arena("ed25519_dalek_2_signing_key", |arena| {
+        let seed = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), arena);
+        let signing = SecretCell::init_with_in(|| SigningKey::from_bytes(seed.expose_secret()), arena);
+        wipe_stack(64 << 10);
+        let verifying = signing.expose_secret().verifying_key();
+        for i in 0..ROUNDS {
+            let msg = format!("message number {i}");
+            let sig = signing.expose_secret().sign(msg.as_bytes());
+            verifying.verify(msg.as_bytes(), &sig).expect("verify");
+            assert!(verifying.verify(b"another message", &sig).is_err());
+        }
+        assert_wiped_on_drop(signing, arena, "SigningKey");
+        assert_wiped_on_drop(seed, arena, "seed");
+        assert_eq!(arena.stats().in_use, 0);
+    });
 }

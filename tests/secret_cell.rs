@@ -9,7 +9,21 @@ use std::sync::{Arc, Mutex};
 use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{ExposeSecret, ExposeSecretMut, SecretArena, SecretCell};
 
+mod common;
+
 const PATTERN: u8 = 0x96;
+
+/// One small arena at a time, so the tests fit in a 64 KiB
+/// `RLIMIT_MEMLOCK` (and the global arena is never created here).
+static ONE_ARENA: Mutex<()> = Mutex::new(());
+
+fn with_arena(case: &str, f: impl FnOnce(&SecretArena)) {
+    let _one = ONE_ARENA.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match SecretArena::new(16 << 10) {
+        Ok(arena) => f(&arena),
+        Err(e) => common::skip(case, &format!("no 16 KiB arena: {e}")),
+    }
+}
 
 /// Records the contents of every block at the moment it is freed.
 #[derive(Clone, Default)]
@@ -65,8 +79,11 @@ fn bytes_are_zero_after_drop_with_any_allocator() {
 
 #[test]
 fn chunk_is_zero_after_drop_in_the_arena() {
-    let arena = SecretArena::new(64 << 10).expect("secret arena");
-    let cell = SecretCell::init_with_in(schedule, &arena);
+    with_arena("chunk_is_zero_after_drop_in_the_arena", chunk_is_zero_after_drop_in);
+}
+
+fn chunk_is_zero_after_drop_in(arena: &SecretArena) {
+    let cell = SecretCell::init_with_in(schedule, arena);
     let at = cell.expose_ptr();
     assert!(arena.contains(at));
     drop(cell);
@@ -125,19 +142,21 @@ fn memory_is_wiped_and_freed_when_drop_panics() {
 
 #[test]
 fn failed_init_leaves_nothing_allocated() {
-    let arena = SecretArena::new(64 << 10).expect("secret arena");
-    let r = SecretCell::<Schedule, _>::try_init_with_in(|| Err("no key"), &arena);
-    assert_eq!(r.err(), Some("no key"));
-    assert_eq!(arena.stats().in_use, 0);
+    with_arena("failed_init_leaves_nothing_allocated", |arena| {
+        let r = SecretCell::<Schedule, _>::try_init_with_in(|| Err("no key"), arena);
+        assert_eq!(r.err(), Some("no key"));
+        assert_eq!(arena.stats().in_use, 0);
+    });
 }
 
 #[test]
 fn init_with_mut_fills_in_place() {
-    let arena = SecretArena::new(64 << 10).expect("secret arena");
-    let src = [PATTERN; 32];
-    let key = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| k.copy_from_slice(&src), &arena);
-    assert_eq!(key.expose_secret(), &src);
-    assert!(arena.contains(key.expose_ptr()));
+    with_arena("init_with_mut_fills_in_place", |arena| {
+        let src = [PATTERN; 32];
+        let key = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| k.copy_from_slice(&src), arena);
+        assert_eq!(key.expose_secret(), &src);
+        assert!(arena.contains(key.expose_ptr()));
+    });
 }
 
 #[test]
@@ -145,6 +164,6 @@ fn debug_is_redacted_and_send_sync_follow_t() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<SecretCell<[u8; 32]>>();
     send_sync::<SecretCell<u64, &SecretArena>>();
-    let k = SecretCell::new(0xAAu8);
+    let k = SecretCell::new_in(0xAAu8, Recording::default());
     assert_eq!(format!("{k:?}"), "SecretCell<u8>([REDACTED])");
 }

@@ -173,7 +173,7 @@ impl<T, A: Allocator> SecretCell<T, A> {
     /// ```
     /// use secret_arena::{ExposeSecret, SecretArena, SecretCell};
     ///
-    /// let arena = SecretArena::new(64 << 10)?;
+    /// let arena = SecretArena::new(16 << 10)?;
     /// let k = SecretCell::new_in([1u8; 16], &arena);
     /// assert!(arena.contains(k.expose_ptr()));
     /// # Ok::<(), secret_arena::Error>(())
@@ -210,7 +210,7 @@ impl<T, A: Allocator> SecretCell<T, A> {
     /// ```
     /// use secret_arena::{ExposeSecret, SecretArena, SecretCell};
     ///
-    /// let arena = SecretArena::new(64 << 10)?;
+    /// let arena = SecretArena::new(16 << 10)?;
     /// let k = SecretCell::init_with_in(|| [3u8; 32], &arena);
     /// assert!(arena.contains(k.expose_ptr()));
     /// # Ok::<(), secret_arena::Error>(())
@@ -232,7 +232,7 @@ impl<T, A: Allocator> SecretCell<T, A> {
     /// ```
     /// use secret_arena::{SecretArena, SecretCell};
     ///
-    /// let arena = SecretArena::new(64 << 10)?;
+    /// let arena = SecretArena::new(16 << 10)?;
     /// let r = SecretCell::<u32, _>::try_init_with_in(|| "x".parse(), &arena);
     /// assert!(r.is_err());
     /// assert_eq!(arena.stats().in_use, 0);
@@ -285,7 +285,7 @@ impl<T: Default, A: Allocator> SecretCell<T, A> {
     /// ```
     /// use secret_arena::{ExposeSecret, SecretArena, SecretCell};
     ///
-    /// let arena = SecretArena::new(64 << 10)?;
+    /// let arena = SecretArena::new(16 << 10)?;
     /// let k = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| k.fill(9), &arena);
     /// assert_eq!(k.expose_secret(), &[9; 32]);
     /// # Ok::<(), secret_arena::Error>(())

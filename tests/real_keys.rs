@@ -152,3 +152,23 @@ fn ed25519_dalek_2_signing_key() {
         assert_eq!(arena.stats().in_use, 0);
     });
 }
+
+/// `SecretBox<Key<…>>` compiles once the array crate's `zeroize` feature
+/// is on (the dev-dependencies turn it on, as the README tells users to);
+/// the key bytes go straight in with `init_with_mut`.
+#[test]
+fn key_arrays_in_a_secret_box_with_the_zeroize_feature() {
+    use secret_arena::SecretBox;
+    with_arena("key_arrays_in_a_secret_box_with_the_zeroize_feature", |arena| {
+        let k10 = SecretBox::<aes_gcm_010::Key<aes_gcm_010::Aes256Gcm>, _>::init_with_mut_in(|k| fill_key(k), arena);
+        let k11 = SecretBox::<aes_gcm_011::Key<aes_gcm_011::Aes256Gcm>, _>::init_with_mut_in(|k| fill_key(k), arena);
+        assert_eq!(k10.expose_secret().as_slice(), k11.expose_secret().as_slice());
+        let (at10, at11) = (k10.expose_secret().as_ptr(), k11.expose_secret().as_ptr());
+        assert!(arena.contains(at10) && arena.contains(at11));
+        drop((k10, k11));
+        // SAFETY: freed chunks of a live arena stay mapped.
+        assert!(unsafe { read_bytes(at10, 32) }.iter().all(|&b| b == 0));
+        // SAFETY: as above.
+        assert!(unsafe { read_bytes(at11, 32) }.iter().all(|&b| b == 0));
+    });
+}

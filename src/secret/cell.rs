@@ -163,6 +163,30 @@ impl<T: Default> SecretCell<T> {
     pub fn init_with_mut(ctr: impl FnOnce(&mut T)) -> Self {
         Self::init_with_mut_in(ctr, DefaultArena)
     }
+
+    /// As [`init_with_mut`](SecretCell::init_with_mut) for a fallible
+    /// initialiser, such as reading key bytes in place; on error the partly
+    /// filled value is dropped and its bytes wiped.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `ctr` returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use secret_arena::{ExposeSecret, SecretCell};
+    ///
+    /// let key = SecretCell::<[u8; 32]>::try_init_with_mut(|k| {
+    ///     std::fs::File::open("/dev/urandom")?.read_exact(k)
+    /// })?;
+    /// assert_ne!(key.expose_secret(), &[0; 32]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_init_with_mut<E>(ctr: impl FnOnce(&mut T) -> Result<(), E>) -> Result<Self, E> {
+        Self::try_init_with_mut_in(ctr, DefaultArena)
+    }
 }
 
 impl<T, A: Allocator> SecretCell<T, A> {
@@ -294,6 +318,30 @@ impl<T: Default, A: Allocator> SecretCell<T, A> {
         let mut cell = Self::init_with_in(T::default, alloc);
         ctr(cell.expose_secret_mut());
         cell
+    }
+
+    /// [`try_init_with_mut`](SecretCell::try_init_with_mut) with memory
+    /// from `alloc`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `ctr` returns; the cell is dropped and wiped first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use secret_arena::{SecretArena, SecretCell};
+    ///
+    /// let arena = SecretArena::new(16 << 10)?;
+    /// let r = SecretCell::<[u8; 8], _>::try_init_with_mut_in(|_| Err("short read"), &arena);
+    /// assert!(r.is_err());
+    /// assert_eq!(arena.stats().in_use, 0);
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
+    pub fn try_init_with_mut_in<E>(ctr: impl FnOnce(&mut T) -> Result<(), E>, alloc: A) -> Result<Self, E> {
+        let mut cell = Self::init_with_in(T::default, alloc);
+        ctr(cell.expose_secret_mut())?;
+        Ok(cell)
     }
 }
 

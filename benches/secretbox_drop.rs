@@ -12,6 +12,13 @@
 //!   value's drop, its bytes wiped word-wise, then free.
 //!
 //! Each in the default arena and in an explicit memfd_secret arena.
+//!
+//! For instruction counts under `valgrind --tool=callgrind` (steady where
+//! the machine is busy): `SECRETBOX_DROP_LOOP=old|box|cell` with
+//! `SECRETBOX_DROP_ITERS=n` runs n new + drop in the default arena and
+//! exits; instructions per op are the difference of two runs divided by
+//! the difference in n (see `scripts/bench-report.sh` for running the arena
+//! under valgrind, which knows no memfd_secret).
 #![allow(missing_docs, reason = "criterion_group! and criterion_main! generate undocumented items")]
 
 use std::hint::black_box;
@@ -21,7 +28,7 @@ use std::time::Duration;
 
 use allocator_api2::alloc::{Allocator, Layout};
 use allocator_api2::boxed::Box;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use secret_arena::{BackingPolicy, DefaultArena, ExposeSecret, SecretArena, SecretBox, SecretCell};
 
 /// The pre-fix `SecretBox` drop for a `[u8; 32]`, copied for comparison.
@@ -97,6 +104,28 @@ fn secretbox_drop(c: &mut Criterion) {
     g.finish();
 }
 
+/// `iters` new + drop of the chosen kind in the default arena.
+#[inline(never)]
+fn fixed_loop(kind: &str, iters: usize) {
+    for _ in 0..iters {
+        match kind {
+            "old" => {
+                let s = OldBox::new_in(black_box([0xA5u8; 32]), DefaultArena);
+                black_box(&**s.inner);
+            }
+            "box" => {
+                let s: SecretBox<[u8; 32]> = SecretBox::new(black_box([0xA5u8; 32]));
+                black_box(s.expose_secret());
+            }
+            "cell" => {
+                let s: SecretCell<[u8; 32]> = SecretCell::new(black_box([0xA5u8; 32]));
+                black_box(s.expose_secret());
+            }
+            other => panic!("SECRETBOX_DROP_LOOP={other}: expected old, box or cell"),
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -105,4 +134,13 @@ criterion_group! {
         .sample_size(50);
     targets = secretbox_drop
 }
-criterion_main!(benches);
+fn main() {
+    if let Ok(kind) = std::env::var("SECRETBOX_DROP_LOOP") {
+        let iters = std::env::var("SECRETBOX_DROP_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+        fixed_loop(&kind, 1);
+        fixed_loop(&kind, iters);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -172,3 +172,96 @@ fn key_arrays_in_a_secret_box_with_the_zeroize_feature() {
         assert!(unsafe { read_bytes(at11, 32) }.iter().all(|&b| b == 0));
     });
 }
+
+/// Copies `out.len()` bytes of this process's memory at `addr` into `out`
+/// (the kernel reads it: defined for Rust, and no frame of ours lands in
+/// the region but the syscall wrapper's few bytes at its top).
+fn read_own_memory(addr: usize, out: &mut [u8]) {
+    let local = libc::iovec { iov_base: out.as_mut_ptr().cast(), iov_len: out.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: out.len() };
+    // SAFETY: `local` describes `out`, writable for its length; `remote` is
+    // only read, by the kernel, which reports unmapped ranges as errors.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    assert_eq!(n, out.len() as isize, "process_vm_readv: {}", std::io::Error::last_os_error());
+}
+
+/// Builds a cell in a frame of its own and returns it with the address of
+/// that frame's top (the stack below it is what the constructor used).
+#[inline(never)]
+fn build_in<'a, T>(arena: &'a SecretArena, ctr: impl FnOnce() -> T) -> (SecretCell<T, &'a SecretArena>, usize) {
+    let marker = 0u8;
+    let top = std::hint::black_box(&marker) as *const u8 as usize;
+    (SecretCell::init_with_in(ctr, arena), top + 64)
+}
+
+/// How much stack below the constructor's frame is scanned: four times
+/// what `wipe_stack` is asked to clear, so a constructor that went deeper
+/// than the README's 64 KiB would show.
+const SCAN: usize = 256 << 10;
+
+/// Copies of either 16-byte half of `key` in `seen`.
+fn copies_of(key: &[u8; 32], seen: &[u8]) -> usize {
+    seen.windows(16).filter(|w| *w == &key[..16] || *w == &key[16..]).count()
+}
+
+macro_rules! stack_case {
+    ($arena:expr, $wipe:expr, $key:expr, $ctr:expr) => {{
+        let mut seen = vec![0u8; SCAN];
+        let (cell, top) = build_in($arena, $ctr);
+        if $wipe {
+            wipe_stack(64 << 10);
+        }
+        read_own_memory(top - SCAN, &mut seen);
+        drop(cell);
+        copies_of($key, &seen)
+    }};
+}
+
+/// Each real constructor, with and without `wipe_stack(64 KiB)`; counts the
+/// copies of the key bytes left in the 256 KiB of stack below.
+fn leftovers(arena: &SecretArena, wipe: bool) -> Vec<(&'static str, usize)> {
+    let key = SecretCell::<[u8; 32], _>::init_with_mut_in(|k| fill_key(k), arena);
+    let k = key.expose_secret();
+    vec![
+        (
+            "aes-gcm 0.10",
+            stack_case!(arena, wipe, k, || <aes_gcm_010::Aes256Gcm as aes_gcm_010::KeyInit>::new(k.into())),
+        ),
+        (
+            "aes-gcm 0.11",
+            stack_case!(arena, wipe, k, || <aes_gcm_011::Aes256Gcm as aes_gcm_011::KeyInit>::new(k.into())),
+        ),
+        (
+            "chacha20poly1305 0.10",
+            stack_case!(arena, wipe, k, || {
+                <chacha20poly1305_010::ChaCha20Poly1305 as chacha20poly1305_010::KeyInit>::new(k.into())
+            }),
+        ),
+        (
+            "chacha20poly1305 0.11",
+            stack_case!(arena, wipe, k, || {
+                <chacha20poly1305_011::ChaCha20Poly1305 as chacha20poly1305_011::KeyInit>::new(k.into())
+            }),
+        ),
+        ("x25519-dalek 2", stack_case!(arena, wipe, k, || x25519_dalek_2::StaticSecret::from(*k))),
+        ("x25519-dalek 3", stack_case!(arena, wipe, k, || x25519_dalek_3::StaticSecret::from(*k))),
+        ("ed25519-dalek 2", stack_case!(arena, wipe, k, || ed25519_dalek_2::SigningKey::from_bytes(k))),
+    ]
+}
+
+#[test]
+fn wipe_stack_clears_what_real_constructors_leave_behind() {
+    with_arena("wipe_stack_clears_what_real_constructors_leave_behind", |arena| {
+        let before = leftovers(arena, false);
+        eprintln!("key copies on the stack after construction, without wipe_stack: {before:?}");
+        assert!(
+            before.iter().any(|&(_, n)| n > 0),
+            "no constructor left a copy of the key on the stack: the scan cannot see the stack"
+        );
+        let after = leftovers(arena, true);
+        eprintln!("key copies on the stack after wipe_stack(64 KiB): {after:?}");
+        for (name, n) in after {
+            assert_eq!(n, 0, "{name}: {n} copies of key bytes survived wipe_stack(64 KiB)");
+        }
+    });
+}

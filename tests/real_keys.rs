@@ -188,7 +188,7 @@ fn read_own_memory(addr: usize, out: &mut [u8]) {
 /// Builds a cell in a frame of its own and returns it with the address of
 /// that frame's top (the stack below it is what the constructor used).
 #[inline(never)]
-fn build_in<'a, T>(arena: &'a SecretArena, ctr: impl FnOnce() -> T) -> (SecretCell<T, &'a SecretArena>, usize) {
+fn build_in<T>(arena: &SecretArena, ctr: impl FnOnce() -> T) -> (SecretCell<T, &SecretArena>, usize) {
     let marker = 0u8;
     let top = std::hint::black_box(&marker) as *const u8 as usize;
     (SecretCell::init_with_in(ctr, arena), top + 64)

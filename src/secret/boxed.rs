@@ -108,7 +108,8 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 /// fill it in place. For bytes, [`zeroed`](SecretBox::zeroed) plus
 /// `expose_secret_mut`, [`take_from_slice`](SecretBox::take_from_slice)
 /// (copies, then zeroizes the source), and, with the `getrandom` feature,
-/// `random` do the same.
+/// `random` do the same. What a constructor closure leaves in its own
+/// returned frames, [`wipe_stack`](crate::wipe_stack) overwrites.
 ///
 /// # Examples
 ///
@@ -312,7 +313,8 @@ impl<T: Zeroize> SecretBox<T> {
     /// bytes of the place it was returned in (the `secrecy` method of the
     /// same name; here `T` need not be `Clone`). Copies the compiler made
     /// inside `ctr` are not reached: prefer
-    /// [`init_with_mut`](SecretBox::init_with_mut).
+    /// [`init_with_mut`](SecretBox::init_with_mut), or call
+    /// [`wipe_stack`](crate::wipe_stack) right after.
     ///
     /// # Examples
     ///

@@ -6,12 +6,7 @@ mod arena;
 mod backing;
 mod error;
 mod global;
-mod secret_box;
-mod secret_bytes;
-#[cfg(feature = "serde")]
-mod secret_serde;
-mod secret_string;
-mod secret_vec;
+mod secret;
 mod sync;
 mod wipe;
 
@@ -21,11 +16,12 @@ pub use arena::{ClassStats, DEFAULT_CAPACITY, InvariantError, MAX_SEGMENTS, Secr
 pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available, memlock_budget};
 pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
-pub use secret_box::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice};
 #[cfg(feature = "serde")]
-pub use secret_serde::SerializableSecret;
-pub use secret_string::SecretString;
-pub use secret_vec::SecretVec;
+pub use secret::SerializableSecret;
+pub use secret::{
+    CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretCell, SecretSlice, SecretString, SecretVec,
+    wipe_stack,
+};
 
 /// allocator-api2, re-exported so users name the same `Allocator` trait.
 pub use allocator_api2;

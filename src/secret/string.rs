@@ -5,9 +5,9 @@ use core::fmt;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
-use crate::DefaultArena;
-use crate::secret_box::{ExposeSecret, ExposeSecretMut};
-use crate::secret_vec::SecretVec;
+use crate::global::DefaultArena;
+use crate::secret::boxed::{ExposeSecret, ExposeSecretMut};
+use crate::secret::vec::SecretVec;
 
 /// A growable UTF-8 secret (a password, a token) in memory from `A`, with
 /// the guarantees of [`SecretVec`].

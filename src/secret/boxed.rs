@@ -15,7 +15,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use zeroize::Zeroize;
 
-use crate::DefaultArena;
+use crate::global::DefaultArena;
 use crate::wipe::wipe;
 
 /// Read access to a secret, by explicit call only.
@@ -88,9 +88,12 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 ///   [`ExposeSecretMut::expose_secret_mut`]: no `Deref`, no `Display`.
 /// - **`Debug`** prints `SecretBox<T>([REDACTED])`, never the value.
 /// - **`Clone`** only when `T: `[`CloneableSecret`].
-/// - **Drop** calls `T::zeroize` and then frees the memory, with any
-///   allocator; the secret arena then wipes the whole chunk again
-///   (including padding bytes that `zeroize` may not reach).
+/// - **Drop** calls `T::zeroize`, then `T`'s own `Drop`, and then frees
+///   the memory, for every `T` and with any allocator; the secret arena
+///   then wipes the whole chunk again (including padding bytes that
+///   `zeroize` may not reach). For a `T` that is `ZeroizeOnDrop` or cleans
+///   up in its own `Drop` but is not `Zeroize` (expanded cipher keys), see
+///   [`SecretCell`](crate::SecretCell).
 /// - **`Send` / `Sync`** follow `T` and `A` (the box is an owning pointer).
 /// - With the `subtle` feature, `==` is constant-time through
 ///   `subtle::ConstantTimeEq`; with `serde`, it deserializes, and serializes
@@ -105,7 +108,8 @@ impl<T: CloneableSecret, const N: usize> CloneableSecret for [T; N] {}
 /// fill it in place. For bytes, [`zeroed`](SecretBox::zeroed) plus
 /// `expose_secret_mut`, [`take_from_slice`](SecretBox::take_from_slice)
 /// (copies, then zeroizes the source), and, with the `getrandom` feature,
-/// `random` do the same.
+/// `random` do the same. What a constructor closure leaves in its own
+/// returned frames, [`wipe_stack`](crate::wipe_stack) overwrites.
 ///
 /// # Examples
 ///
@@ -309,7 +313,8 @@ impl<T: Zeroize> SecretBox<T> {
     /// bytes of the place it was returned in (the `secrecy` method of the
     /// same name; here `T` need not be `Clone`). Copies the compiler made
     /// inside `ctr` are not reached: prefer
-    /// [`init_with_mut`](SecretBox::init_with_mut).
+    /// [`init_with_mut`](SecretBox::init_with_mut), or call
+    /// [`wipe_stack`](crate::wipe_stack) right after.
     ///
     /// # Examples
     ///
@@ -506,36 +511,46 @@ impl<T: Zeroize + ?Sized, A: Allocator> SecretBox<T, A> {
 }
 
 impl<T: Zeroize + ?Sized, A: Allocator> Drop for SecretBox<T, A> {
-    /// Zeroizes `T`, drops it and frees the memory.
+    /// Calls `T::zeroize`, then `T`'s own `Drop`, then frees the memory:
+    /// always, for every `T` and every allocator. The secret arena then
+    /// wipes the whole chunk again, padding included.
     ///
-    /// A `T` without drop glue owns nothing beyond its own bytes, so
-    /// overwriting all of them (padding included) with volatile word stores
-    /// zeroizes it completely, and several times faster than zeroize's
-    /// element-wise writes (32 byte stores for a `[u8; 32]`). Any other `T`
-    /// gets its own `Zeroize` and `Drop`.
+    /// `T::zeroize` is called even for a `T` without drop glue: such a `T`
+    /// may still point at secret bytes elsewhere (a key handle holding a
+    /// `&mut [u8; 32]`), and only its `Zeroize` knows to clear them.
     fn drop(&mut self) {
         // SAFETY: `inner` is taken once, here, and never used again.
         let boxed = unsafe { ManuallyDrop::take(&mut self.inner) };
         let layout = Layout::for_value::<T>(&boxed);
         let (raw, alloc) = Box::into_raw_with_allocator(boxed);
-        if core::mem::needs_drop::<T>() {
-            // SAFETY: `raw` is the live, initialised `T` the box owned; it
-            // is dropped once and not used afterwards.
-            unsafe {
-                (*raw).zeroize();
-                core::ptr::drop_in_place(raw);
-            }
-        } else {
-            // SAFETY: `raw` points at `layout.size()` writable bytes that
-            // nothing else refers to; the `T` in them is never read or
-            // dropped again (it has no drop glue), so all-zero bytes need
-            // not be a valid `T`.
-            unsafe { wipe(raw.cast::<u8>(), layout.size()) };
-        }
-        if layout.size() != 0 {
-            // SAFETY: `raw` was allocated by `alloc` with `layout` (the
-            // layout of the value it holds), and is freed once.
-            unsafe { alloc.deallocate(NonNull::new_unchecked(raw.cast::<u8>()), layout) };
+        // Frees the memory even if `zeroize` or `T`'s `Drop` panics.
+        let _free = FreeOnDrop { ptr: raw.cast::<u8>(), layout, alloc };
+        // SAFETY: `raw` is the live, initialised `T` the box owned, and
+        // nothing else refers to it.
+        unsafe { (*raw).zeroize() };
+        // SAFETY: as above; the `T` is dropped once and not used afterwards
+        // (`_free` only hands the bytes back to the allocator).
+        unsafe { core::ptr::drop_in_place(raw) };
+    }
+}
+
+/// Hands a block back to its allocator when dropped, on the normal path and
+/// when unwinding out of a panicking `zeroize` or `Drop`.
+struct FreeOnDrop<A: Allocator> {
+    /// Invariant: allocated by `alloc` with `layout`, or dangling when
+    /// `layout.size() == 0`; holds no live value.
+    ptr: *mut u8,
+    layout: Layout,
+    alloc: A,
+}
+
+impl<A: Allocator> Drop for FreeOnDrop<A> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.layout.size() != 0 {
+            // SAFETY: the invariant: `ptr` came from `alloc` with `layout`,
+            // is non-null, and is freed only here.
+            unsafe { self.alloc.deallocate(NonNull::new_unchecked(self.ptr), self.layout) };
         }
     }
 }

@@ -5,10 +5,10 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::boxed::Box;
 use zeroize::Zeroize;
 
-use crate::DefaultArena;
+use crate::global::DefaultArena;
 #[cfg(feature = "subtle")]
-use crate::secret_box::ExposeSecret;
-use crate::secret_box::{ExposeSecretMut, SecretBox};
+use crate::secret::boxed::ExposeSecret;
+use crate::secret::boxed::{ExposeSecretMut, SecretBox};
 
 impl SecretBox<[u8]> {
     /// `len` zero bytes in the default arena, to be filled through

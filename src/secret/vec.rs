@@ -11,8 +11,8 @@ use core::fmt;
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::vec::Vec;
 
-use crate::DefaultArena;
-use crate::secret_box::{ExposeSecret, ExposeSecretMut};
+use crate::global::DefaultArena;
+use crate::secret::boxed::{ExposeSecret, ExposeSecretMut};
 use crate::wipe::wipe;
 
 /// Smallest capacity a growing buffer allocates: one 16-byte arena chunk.

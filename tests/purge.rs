@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use allocator_api2::alloc::Allocator;
 use common::{fill_pattern, is_child, pattern};
-use std::process::{Command, Stdio};
 use core::alloc::Layout;
 use secret_arena::{
     BackingPolicy, ExposeSecret, ExposeSecretMut, SecretArena, SecretBox, SecretGlobalAlloc, SecretString, SecretVec,
 };
+use std::process::{Command, Stdio};
 
 #[global_allocator]
 static ALLOC: SecretGlobalAlloc = SecretGlobalAlloc::new();

@@ -8,6 +8,8 @@ mod error;
 mod global;
 mod secret_box;
 mod secret_bytes;
+#[path = "secret/input.rs"]
+mod secret_input;
 #[cfg(feature = "serde")]
 mod secret_serde;
 mod secret_string;
@@ -23,6 +25,7 @@ pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available,
 pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
 pub use secret_box::{CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretSlice};
+pub use secret_input::READ_FILE_MAX;
 #[cfg(feature = "serde")]
 pub use secret_serde::SerializableSecret;
 pub use secret_string::SecretString;

@@ -67,6 +67,7 @@ struct Slot {
 }
 
 impl Slot {
+    #[allow(clippy::declare_interior_mutable_const, reason = "only to initialise the static table")]
     const EMPTY: Slot = Slot {
         state: AtomicU32::new(FREE),
         readers: AtomicU32::new(0),

@@ -284,42 +284,64 @@ pub fn purge() {
 mod tests {
     use super::*;
 
+    /// A real anonymous mapping of `pages` pages, so that a purge running
+    /// meanwhile (none does in the unit tests, but it must stay harmless)
+    /// wipes memory that exists.
+    fn scratch(pages: usize) -> Ranges {
+        let len = pages * crate::backing::os_page_size();
+        // SAFETY: a fresh private anonymous mapping; leaked on purpose.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .unwrap() as usize;
+        Ranges { base: p, len, reservation: p, reservation_len: len }
+    }
+
     #[test]
     fn register_read_deregister() {
-        let id = register(Ranges { base: 0x1000, len: 0x4000, reservation: 0, reservation_len: 0x6000 }).unwrap();
+        let r = scratch(4);
+        let (base, len) = (r.base, r.len);
+        let id = register(r).unwrap();
         raise_high_water(&id, 0x2000);
         raise_high_water(&id, 0x1000);
         let mut seen = None;
         for_each(|m| {
-            if m.base == 0x1000 && m.reservation_len == 0x6000 {
+            if m.base == base {
                 seen = Some(*m);
             }
         });
         let m = seen.expect("registered mapping is listed");
-        assert_eq!((m.len, m.high_water, m.inherited, m.pid), (0x4000, 0x2000, false, this_pid()));
+        assert_eq!((m.len, m.high_water, m.inherited, m.pid), (len, 0x2000, false, this_pid()));
         deregister(id);
         let mut again = false;
-        for_each(|m| again |= m.base == 0x1000 && m.reservation_len == 0x6000);
+        for_each(|m| again |= m.base == base);
         assert!(!again, "a deregistered mapping is still listed");
     }
 
     #[test]
     fn another_process_slots_are_skipped_unless_inherited() {
-        let id = register(Ranges { base: 0x7000, len: 0x1000, reservation: 0, reservation_len: 0x7777 }).unwrap();
+        let r = scratch(1);
+        let base = r.base;
+        let id = register(r).unwrap();
         TABLE[id.0].pid.store(this_pid().wrapping_add(1), SeqCst);
         let count = || {
             let mut n = 0;
-            for_each(|m| n += usize::from(m.reservation_len == 0x7777));
+            for_each(|m| n += usize::from(m.base == base));
             n
         };
         assert_eq!(count(), 0, "a parent's non-inherited mapping must be skipped");
         set_inherited(&id, true);
         assert_eq!(count(), 1);
         let mut listed = 0;
-        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.reservation_len == 0x7777));
+        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
         assert_eq!(listed, 0, "inherited mappings need no re-reservation");
         set_inherited(&id, false);
-        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.reservation_len == 0x7777));
+        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
         assert_eq!(listed, 1);
         deregister(id);
     }

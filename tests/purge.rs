@@ -1,6 +1,12 @@
 //! `purge()` from a SIGTERM handler wipes every secret in the process: in
 //! `SecretBox`es (the default arena), explicit arenas on both backings, and
-//! the global heap, which this whole test binary has on `SecretGlobalAlloc`.
+//! the global heap, on `SecretGlobalAlloc`.
+//!
+//! The binary's `#[global_allocator]` is `SecretGlobalAlloc` behind a
+//! switch: the child turns it on before it builds its secrets, so every
+//! heap allocation from then on is `SecretGlobalAlloc`'s, while libtest's
+//! own start-up heap stays on `System`. That keeps the binary runnable at a
+//! 64 KiB memlock limit, where libtest alone would not fit in the arena.
 //!
 //! Each case runs in a re-executed child, because a purge zeroes the heap of
 //! the whole process (libtest's included). The child saves raw pointers to
@@ -18,13 +24,62 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use allocator_api2::alloc::Allocator;
 use common::{fill_pattern, is_child, pattern};
 use core::alloc::Layout;
+use std::alloc::{GlobalAlloc, System};
+
 use secret_arena::{
     BackingPolicy, ExposeSecret, ExposeSecretMut, SecretArena, SecretBox, SecretGlobalAlloc, SecretString, SecretVec,
 };
 use std::process::{Command, Stdio};
 
+/// `SecretGlobalAlloc` once `SECRET_HEAP` is on, `System` before; each
+/// block is freed by the allocator that owns it.
+struct SwitchableHeap;
+
+static SECRET_HEAP: AtomicBool = AtomicBool::new(false);
+static SECRET: SecretGlobalAlloc = SecretGlobalAlloc::new();
+
+fn in_secret_heap(ptr: *mut u8) -> bool {
+    // The global arena exists once the switch is on; before, nothing is in it.
+    SECRET_HEAP.load(Ordering::SeqCst) && secret_arena::global().is_ok_and(|a| a.contains(ptr))
+}
+
+// SAFETY: every block is allocated by one of the two allocators and
+// returned to the same one: `SecretGlobalAlloc` blocks are exactly those
+// inside the global arena.
+unsafe impl GlobalAlloc for SwitchableHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if SECRET_HEAP.load(Ordering::SeqCst) {
+            // SAFETY: the caller's contract, passed through.
+            unsafe { SECRET.alloc(layout) }
+        } else {
+            // SAFETY: as above.
+            unsafe { System.alloc(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if in_secret_heap(ptr) {
+            // SAFETY: the block came from SECRET.
+            unsafe { SECRET.dealloc(ptr, layout) }
+        } else {
+            // SAFETY: the block came from System.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if in_secret_heap(ptr) {
+            // SAFETY: the block came from SECRET.
+            unsafe { SECRET.realloc(ptr, layout, new_size) }
+        } else {
+            // SAFETY: the block came from System.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+}
+
 #[global_allocator]
-static ALLOC: SecretGlobalAlloc = SecretGlobalAlloc::new();
+static ALLOC: SwitchableHeap = SwitchableHeap;
 
 const PURGE_VAR: &str = "SECRET_ARENA_TEST_PURGE";
 static DO_PURGE: AtomicBool = AtomicBool::new(false);
@@ -95,7 +150,25 @@ fn install_handler() {
 }
 
 /// Builds secrets everywhere, waits for SIGTERM, checks, allocates, exits.
-fn child_body(purge: bool) -> ! {
+fn child_body(case: &str, purge: bool) -> ! {
+    // Explicit arenas on both backings, a chunk and a page run each.
+    let budget = secret_arena::memlock_budget().available();
+    // Under a small memlock limit, small arenas leave the default arena
+    // room for the heap.
+    let small = budget.is_some_and(|b| b < 1 << 20);
+    let (capacity, run) = if small { (8 << 10, 4096) } else { (64 << 10, 20_000) };
+    // On the stack, not in a Vec: the purge zeroes the heap, and with it
+    // any arena struct kept there.
+    let arenas = [BackingPolicy::PreferSecret, BackingPolicy::ForceFallback].map(|policy| {
+        SecretArena::builder()
+            .capacity(capacity)
+            .policy(policy)
+            .build()
+            .inspect_err(|e| common::skip(case, &format!("no {policy:?} arena under budget {budget:?}: {e}")))
+            .ok()
+    });
+    // From here on, the heap is SecretGlobalAlloc's.
+    SECRET_HEAP.store(true, Ordering::SeqCst);
     DO_PURGE.store(purge, Ordering::SeqCst);
     install_handler();
     let mut saved: Vec<Saved> = Vec::new();
@@ -117,21 +190,9 @@ fn child_body(purge: bool) -> ! {
     let text = SecretString::from("purge me, I am a password");
     let text_ptr = text.expose_secret().as_ptr();
 
-    // Explicit arenas on both backings, a chunk and a page run each.
-    let budget = secret_arena::memlock_budget().available();
-    // On the stack, not in a Vec: the purge zeroes the heap, and with it
-    // any arena struct kept there.
-    let arenas = [BackingPolicy::PreferSecret, BackingPolicy::ForceFallback].map(|policy| {
-        SecretArena::builder()
-            .capacity(64 << 10)
-            .policy(policy)
-            .build()
-            .inspect_err(|e| common::skip(this_test!(), &format!("no {policy:?} arena under budget {budget:?}: {e}")))
-            .ok()
-    });
     let mut blocks = Vec::new();
     for arena in arenas.iter().flatten() {
-        for len in [48usize, 20_000] {
+        for len in [48usize, run] {
             let block = arena.allocate(Layout::from_size_align(len, 16).unwrap()).expect("arena has room");
             let s = next_seed();
             // SAFETY: the block has at least `len` writable bytes.
@@ -146,9 +207,10 @@ fn child_body(purge: bool) -> ! {
     let heap_box: Box<[u8]> = pattern(64, s).into_boxed_slice();
     saved.push(Saved { name: "global-heap Box", ptr: heap_box.as_ptr(), len: 64, seed: s });
     let s = next_seed();
-    let heap_vec: Vec<u8> = pattern(10_000, s);
-    saved.push(Saved { name: "global-heap Vec", ptr: heap_vec.as_ptr(), len: 10_000, seed: s });
-    assert!(secret_arena::global().unwrap().contains(heap_vec.as_ptr()));
+    let heap_vec: Vec<u8> = pattern(6000, s);
+    saved.push(Saved { name: "global-heap Vec", ptr: heap_vec.as_ptr(), len: 6000, seed: s });
+    let global = secret_arena::global().unwrap();
+    assert!(global.contains(heap_vec.as_ptr()) && global.contains(heap_box.as_ptr()), "not on SecretGlobalAlloc");
 
     // Everything the checks need is on the stack from here on.
     let mut list = [Saved { name: "", ptr: core::ptr::null(), len: 0, seed: 0 }; 16];
@@ -177,9 +239,15 @@ fn child_body(purge: bool) -> ! {
     ok &= core::hint::black_box(&fresh).iter().all(|&b| b == 0xA5);
     ok &= fresh_key.expose_secret().iter().all(|&b| b == 0x5A);
     for arena in arenas.iter().flatten() {
-        let b = arena.allocate(Layout::from_size_align(4096, 16).unwrap()).expect("arena still allocates");
-        // SAFETY: a fresh 4096-byte block: free arena memory is zero.
-        ok &= (0..4096).all(|i| unsafe { b.cast::<u8>().as_ptr().add(i).read_volatile() } == 0);
+        // The size of a block already there, so a small arena has room.
+        match arena.allocate(Layout::from_size_align(48, 16).unwrap()) {
+            // SAFETY: a fresh 48-byte block: free arena memory is zero.
+            Ok(b) => ok &= (0..48).all(|i| unsafe { b.cast::<u8>().as_ptr().add(i).read_volatile() } == 0),
+            Err(_) => {
+                say("FAILED: an explicit arena no longer allocates\n");
+                ok = false;
+            }
+        }
     }
     if ok {
         say(if purge { "purged ok\n" } else { "intact ok\n" });
@@ -193,13 +261,12 @@ fn child_body(purge: bool) -> ! {
 /// Runs the case in a child, sends SIGTERM once it is ready, and returns
 /// its stdout.
 fn run_child(case: &str, purge: bool) -> String {
-    // Not `Sandbox`: its `pre_exec` hook forces a fork(2), and a fork child
-    // of this binary has no heap (the arena is MADV_DONTFORK). Without a
-    // hook, std spawns with posix_spawn, which needs none.
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([case, "--exact", "--nocapture", "--test-threads=1"])
         .env(common::CASE_VAR, case)
         .env(PURGE_VAR, u8::from(purge).to_string())
+        // A backtrace would allocate far more than a small heap holds.
+        .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -231,7 +298,7 @@ fn run_child(case: &str, purge: bool) -> String {
 #[test]
 fn purge_in_sigterm_handler_zeroes_every_secret() {
     if is_child(this_test!()) {
-        child_body(std::env::var(PURGE_VAR).as_deref() == Ok("1"));
+        child_body(this_test!(), std::env::var(PURGE_VAR).as_deref() == Ok("1"));
     }
     let out = run_child(this_test!(), true);
     assert!(out.contains("purged ok"), "{out}");
@@ -242,7 +309,7 @@ fn purge_in_sigterm_handler_zeroes_every_secret() {
 #[test]
 fn without_purge_the_secrets_survive_the_signal() {
     if is_child(this_test!()) {
-        child_body(std::env::var(PURGE_VAR).as_deref() == Ok("1"));
+        child_body(this_test!(), std::env::var(PURGE_VAR).as_deref() == Ok("1"));
     }
     let out = run_child(this_test!(), false);
     assert!(out.contains("intact ok"), "{out}");

@@ -208,7 +208,7 @@ unsafe impl Allocator for PanicsOnGrowth<'_> {
 fn a_panic_during_the_read_restores_the_terminal() {
     let case = this_test!();
     if is_child(case) {
-        let arena = SecretArena::new(64 << 10).unwrap();
+        let arena = SecretArena::new(4096).unwrap();
         let r = std::panic::catch_unwind(|| SecretString::read_password_in(PROMPT, PanicsOnGrowth(&arena)).map(drop));
         assert!(r.is_err(), "the allocator should have panicked");
         let tty = std::fs::File::open("/dev/tty").unwrap();

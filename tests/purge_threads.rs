@@ -198,3 +198,31 @@ fn full_registry_is_an_error_at_creation() {
     }
     assert_child_passed(&Sandbox::new(case).run());
 }
+
+/// A fork child has the registry but not the parent's segments (they are
+/// MADV_DONTFORK): its purge must skip them instead of faulting.
+#[test]
+fn purge_in_a_fork_child_skips_the_parents_segments() {
+    let case = this_test!();
+    if is_child(case) {
+        let Some(arena) = arena(case, Kind::Fallback, 64 << 10) else { return };
+        let block = secret_block(&arena, 64, 3);
+        // SAFETY: the child makes only async-signal-safe calls (purge,
+        // _exit); this process has a single test thread running.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", common::last_errno());
+        if pid == 0 {
+            secret_arena::purge();
+            // SAFETY: _exit ends the child without running destructors.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child's purge crashed: {status:#x}");
+        // SAFETY: the block is live; the parent's copy is untouched.
+        assert_eq!(unsafe { read_bytes(block.as_ptr(), 64) }, common::pattern(64, 3));
+        return;
+    }
+    assert_child_passed(&Sandbox::new(case).run());
+}

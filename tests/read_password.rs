@@ -287,3 +287,51 @@ fn no_controlling_terminal_is_a_clear_error() {
     };
     common::assert_child_passed(&cmd.output().unwrap());
 }
+
+#[test]
+fn sighup_during_the_read_restores_the_terminal() {
+    let kill = |_: &Pty, child: &Child| {
+        // SAFETY: kill with a valid pid and signal.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    };
+    killed_during_read(this_test!(), kill, libc::SIGHUP);
+}
+
+#[test]
+fn sigquit_during_the_read_restores_the_terminal() {
+    // ^\ is VQUIT: the kernel sends SIGQUIT (no core file: the sandbox sets
+    // RLIMIT_CORE to 0).
+    killed_during_read(this_test!(), |pty, _| type_bytes(pty, b"\x1c"), libc::SIGQUIT);
+}
+
+static PROGRAM_HANDLER_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn program_sigint_handler(_: libc::c_int) {
+    PROGRAM_HANDLER_RAN.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A program that handles SIGINT itself: its handler runs, the read
+/// returns `Interrupted`, and the handler is its own again afterwards.
+#[test]
+fn a_handled_sigint_interrupts_the_read_and_reaches_the_program() {
+    let case = this_test!();
+    if is_child(case) {
+        // SAFETY: a zeroed sigaction is "no flags, empty mask".
+        let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+        sa.sa_sigaction = program_sigint_handler as *const () as usize;
+        // SAFETY: a valid action; the handler stores an atomic.
+        assert_eq!(unsafe { libc::sigaction(libc::SIGINT, &sa, core::ptr::null_mut()) }, 0);
+        let err = SecretString::read_password(PROMPT).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "{err}");
+        assert!(PROGRAM_HANDLER_RAN.load(std::sync::atomic::Ordering::SeqCst), "the program's handler did not run");
+        // SAFETY: zeroed out-buffer for the current action.
+        let mut now: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: query only.
+        assert_eq!(unsafe { libc::sigaction(libc::SIGINT, core::ptr::null(), &mut now) }, 0);
+        assert_eq!(now.sa_sigaction, program_sigint_handler as *const () as usize, "the disposition was not restored");
+        return;
+    }
+    let (status, _, echo) = session(case, 1, |pty, _| type_bytes(pty, b"half\x03"));
+    assert!(status.success(), "child failed: {status}");
+    assert!(echo, "echo was not restored");
+}

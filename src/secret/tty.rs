@@ -180,6 +180,21 @@ pub(super) fn read_password_into<A: Allocator + Clone>(prompt: &str, v: &mut Sec
                 format!("the password is longer than {MAX_PASSWORD} bytes; nothing was kept"),
             ));
         }
+        // A process-directed signal may run its handler on another thread
+        // and leave this read blocked: wait in slices, and look.
+        if CAUGHT.load(SeqCst) != 0 {
+            return Err(interrupted());
+        }
+        let mut pfd = libc::pollfd { fd: guard.tty.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, 50) } {
+            0 => continue,
+            n if n < 0 => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e => return Err(e),
+            },
+            _ => {}
+        }
         let at = super::extend_zeroed(v, 1)?;
         match rustix::io::read(&guard.tty, &mut v.expose_secret_mut()[at..]) {
             Ok(0) => {

@@ -130,6 +130,7 @@ pub fn find_in_heap(marker: &Marker) -> Vec<Hit> {
     // SAFETY: the mapping is `len` bytes, readable and writable, and ours.
     let scratch = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
     let mut hits = Vec::new();
+    let (count, bytes) = (regions.len(), regions.iter().map(|(a, b, _)| b - a).sum::<usize>());
     for (start, end, line) in regions {
         let mut off = 0;
         while off < end - start {
@@ -153,6 +154,7 @@ pub fn find_in_heap(marker: &Marker) -> Vec<Hit> {
             off += WINDOW;
         }
     }
+    println!("heap scan: {count} mappings, {} KiB, {} hits", bytes >> 10, hits.len());
     // Leave no copy behind in the scratch.
     scratch.fill(0);
     // SAFETY: unmapping the scratch mapping made above.
@@ -162,12 +164,14 @@ pub fn find_in_heap(marker: &Marker) -> Vec<Hit> {
 
 /// Asserts the scan finds nothing, naming where it did.
 pub fn assert_not_in_heap(marker: &Marker, when: &str) {
+    println!("{when}:");
     let hits = find_in_heap(marker);
     assert!(hits.is_empty(), "{when}: the secret is in ordinary memory at {hits:#x?}");
 }
 
 /// Asserts the scan finds the marker (the control).
 pub fn assert_in_heap(marker: &Marker, when: &str) {
+    println!("{when} (control):");
     assert!(!find_in_heap(marker).is_empty(), "{when}: the scan missed a secret that is there");
 }
 

@@ -309,3 +309,71 @@ fn from_env_leaves_a_non_utf8_value_alone() {
     let out = cmd.output().unwrap();
     assert_child_passed(&out);
 }
+
+/// A seccomp filter for this thread: `open`/`openat` without `O_CLOEXEC`
+/// fail with EPERM, everything else is allowed.
+fn forbid_opens_without_cloexec() {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7;
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter { code: code as u16, jt, jf, k };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    // struct seccomp_data { int nr; u32 arch; u64 ip; u64 args[6]; }:
+    // args[1] is at 24, args[2] at 32 (low halves, little-endian).
+    #[cfg(target_arch = "x86_64")]
+    let open_nr = libc::SYS_open as u32;
+    #[cfg(not(target_arch = "x86_64"))]
+    let open_nr = u32::MAX;
+    let filter = [
+        stmt(ld, 4),                                                                      // 0: arch
+        jump(jeq, ARCH, 0, 8),                                                            // 1: else allow
+        stmt(ld, 0),                                                                      // 2: nr
+        jump(jeq, libc::SYS_openat as u32, 0, 2),                                         // 3: openat?
+        stmt(ld, 32),                                                                     // 4: its flags
+        stmt(libc::BPF_JMP | libc::BPF_JA, 2),                                            // 5: to the check
+        jump(jeq, open_nr, 0, 3),                                                         // 6: open? else allow
+        stmt(ld, 24),                                                                     // 7: its flags
+        jump(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, libc::O_CLOEXEC as u32, 1, 0), // 8
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),  // 9
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),                       // 10
+    ];
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: prctl with integer arguments.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) }, 0);
+    // SAFETY: `prog` points to `filter`, alive across the call; the kernel
+    // copies it.
+    let ret = unsafe {
+        libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &prog as *const libc::sock_fprog)
+    };
+    assert_eq!(ret, 0, "install the seccomp filter: {}", common::last_errno());
+}
+
+/// `read_file` opens with `O_CLOEXEC`: under a filter that refuses any open
+/// without it, a plain `open(2)` fails (the control) and `read_file` works.
+#[test]
+fn read_file_opens_with_cloexec() {
+    let case = this_test!();
+    if is_child(case) {
+        let path = std::env::var("SECRET_ARENA_TEST_FILE").unwrap();
+        forbid_opens_without_cloexec();
+        let c = std::ffi::CString::new(path.clone()).unwrap();
+        // SAFETY: a valid C path.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+        assert_eq!((fd, common::last_errno()), (-1, secret_arena::Errno::PERM), "the control open was allowed");
+        let v = SecretVec::read_file(&path).expect("read_file under the filter");
+        assert_eq!(v.expose_secret(), b"cloexec");
+        return;
+    }
+    if !common::seccomp_supported() {
+        return common::skip(case, "no seccomp filter for this architecture");
+    }
+    let dir = temp_dir("cloexec");
+    let path = dir.join("secret");
+    std::fs::write(&path, b"cloexec").unwrap();
+    let out = Sandbox::new(case).env("SECRET_ARENA_TEST_FILE", path.display()).run();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_child_passed(&out);
+}

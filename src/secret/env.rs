@@ -18,9 +18,11 @@ impl SecretString {
     ///
     /// The value is copied from the C library's `environ` array straight
     /// into secret memory (never through `std::env::var`, which would copy
-    /// it into an ordinary `String`), every occurrence of `name=` has its
-    /// value bytes zeroed in place, and the variable is then removed with
-    /// [`std::env::remove_var`].
+    /// it into an ordinary `String`), every occurrence of `name=` (up to 8:
+    /// an `execve` environment may repeat a name) has its value bytes
+    /// zeroed in place, and the variable is then removed with
+    /// [`std::env::remove_var`]. The first occurrence is the one taken, as
+    /// `getenv` would return it.
     ///
     /// Copies the program made before (with `std::env::var`, or a parent
     /// that still holds the value) are out of its reach.

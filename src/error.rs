@@ -88,6 +88,13 @@ pub enum Error {
         /// The capacity that was asked for, in bytes.
         requested: usize,
     },
+    /// The process already has as many arena segments as
+    /// [`purge`](crate::purge) can track ([`MAX_MAPPINGS`](crate::MAX_MAPPINGS)),
+    /// so a new arena or segment would be one that a purge could not wipe.
+    MappingRegistryFull {
+        /// Slots in the registry.
+        slots: usize,
+    },
 }
 
 /// Formats a byte count as KiB/MiB/GiB when it divides evenly, else bytes.
@@ -143,6 +150,11 @@ impl fmt::Display for Error {
                 "an arena capacity of {requested} bytes is invalid: it must be non-zero \
                  and small enough to map"
             ),
+            Error::MappingRegistryFull { slots } => write!(
+                f,
+                "the process already has {slots} secret-memory segments, as many as purge() can \
+                 track; drop arenas that are no longer needed, or use fewer, larger arenas"
+            ),
         }
     }
 }
@@ -156,6 +168,7 @@ impl From<Error> for std::io::Error {
             | Error::MemlockBudget { errno, .. }
             | Error::Syscall { errno, .. } => errno,
             Error::InvalidCapacity { .. } => Errno::INVAL,
+            Error::MappingRegistryFull { .. } => Errno::NOMEM,
         };
         std::io::Error::new(std::io::Error::from(errno).kind(), e)
     }

@@ -13,11 +13,13 @@ mod wipe;
 pub use alloc_api::SecretGlobalAlloc;
 pub use arena::classes::CLASS_COUNT;
 pub use arena::{ClassStats, DEFAULT_CAPACITY, InvariantError, MAX_SEGMENTS, SecretArena, SecretArenaBuilder, Stats};
+pub use backing::registry::{SLOTS as MAX_MAPPINGS, purge};
 pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available, memlock_budget};
 pub use error::{Errno, Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
 #[cfg(feature = "serde")]
 pub use secret::SerializableSecret;
+pub use secret::input::READ_FILE_MAX;
 pub use secret::{
     CloneableSecret, ExposeSecret, ExposeSecretMut, SecretBox, SecretCell, SecretSlice, SecretString, SecretVec,
     wipe_stack,

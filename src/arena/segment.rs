@@ -239,6 +239,7 @@ impl Segment {
     fn set_range(&self, start: usize, n: usize, used: bool) {
         if used && start + n > self.high_water.load(Ordering::Relaxed) {
             self.high_water.store(start + n, Ordering::Release);
+            self.mapping.raise_high_water((start + n) * PAGE);
         }
         for p in start..start + n {
             let mask = 1u64 << (p % 64);

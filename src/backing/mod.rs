@@ -25,6 +25,7 @@
 
 mod budget;
 mod memfd;
+pub(crate) mod registry;
 mod secret;
 mod sys;
 
@@ -107,6 +108,8 @@ pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,
     backing: Backing,
+    /// Its entry in the purge registry; `None` until registered.
+    slot: Option<registry::SlotId>,
 }
 
 // SAFETY: a Mapping is an owned range of address space; it holds no
@@ -162,13 +165,14 @@ impl Mapping {
         let reservation = NonNull::new(reservation.cast::<u8>()).expect("mmap never returns null on success");
         // From here on, dropping `mapping` unmaps the whole reservation,
         // including whatever has been mapped into it.
-        let mapping = Mapping {
+        let mut mapping = Mapping {
             reservation,
             reservation_len,
             // SAFETY: `guard < reservation_len`, so the result is inside the reservation.
             base: unsafe { reservation.add(guard) },
             len,
             backing,
+            slot: None,
         };
         // SAFETY: the target range lies inside our own PROT_NONE reservation,
         // which no Rust object refers to, so MAP_FIXED replaces nothing but it.
@@ -200,6 +204,13 @@ impl Mapping {
         // it only affects what a future fork(2) child inherits.
         unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
             .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
+        let ranges = registry::Ranges {
+            base: mapping.base.as_ptr() as usize,
+            len,
+            reservation: reservation.as_ptr() as usize,
+            reservation_len,
+        };
+        mapping.slot = Some(registry::register(ranges)?);
         Ok(mapping)
     }
 
@@ -217,10 +228,22 @@ impl Mapping {
     pub(crate) fn backing(&self) -> Backing {
         self.backing
     }
+
+    /// Tells the purge registry that bytes `..bytes` have been handed out.
+    #[inline]
+    pub(crate) fn raise_high_water(&self, bytes: usize) {
+        if let Some(slot) = &self.slot {
+            registry::raise_high_water(slot, bytes);
+        }
+    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Before munmap: returns once no purge can be reading the range.
+        if let Some(slot) = self.slot.take() {
+            registry::deregister(slot);
+        }
         // SAFETY: invariant 1: the reservation is ours and is unmapped only here.
         // munmap of a range we mapped can only fail on a broken invariant;
         // there is nothing useful to do with the error in a destructor.

@@ -9,6 +9,7 @@
 pub(crate) mod boxed;
 mod bytes;
 mod cell;
+pub(crate) mod input;
 #[cfg(feature = "serde")]
 mod redact;
 #[cfg(feature = "serde")]

@@ -145,6 +145,13 @@ impl<A: Allocator> SecretString<A> {
         Some(c)
     }
 
+    /// The bytes as a string if they are UTF-8; otherwise they are wiped
+    /// (dropped) and the error says where they stopped being UTF-8.
+    pub(crate) fn from_utf8_secret(bytes: SecretVec<A>) -> Result<Self, core::str::Utf8Error> {
+        core::str::from_utf8(bytes.expose_secret())?;
+        Ok(SecretString { bytes })
+    }
+
     /// Wipes and empties the string; keeps its memory.
     ///
     /// # Examples

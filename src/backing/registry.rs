@@ -1,0 +1,348 @@
+//! The process-wide registry of backing mappings, for [`purge`](crate::purge).
+//!
+//! A fixed static table of [`SLOTS`] slots, one per live [`Mapping`](super::Mapping):
+//! no allocation and no lock, so it can be read from a signal handler.
+//!
+//! # The slot protocol
+//!
+//! Each slot has a `state` and a `readers` count:
+//!
+//! - **register**: `FREE → CLAIMED` (compare-and-swap), write the fields,
+//!   then `CLAIMED → LIVE` (release). A full table is
+//!   [`Error::MappingRegistryFull`], at arena creation or growth: never an
+//!   arena purge cannot see.
+//! - **read** (purge, [`for_each`]): `readers += 1`, then check `state ==
+//!   LIVE`; only then touch the range; finally `readers -= 1`.
+//! - **deregister**, in `Mapping::drop` *before* `munmap`: `state = DYING`,
+//!   then wait until `readers == 0`, then `state = FREE`.
+//!
+//! All four steps are `SeqCst`, so either the reader sees `DYING` (and skips
+//! the range) or the dropping thread sees the reader's increment (and waits
+//! for it): no reader ever touches an unmapped range.
+//!
+//! A signal handler that interrupts the *same* thread in the middle of
+//! `Mapping::drop` sees `DYING` (or, before that, a still-mapped range), and
+//! never waits on anything, so it cannot deadlock against the code it
+//! interrupted. The dropping thread only waits for readers on *other*
+//! threads, which never block.
+//!
+//! # Fork
+//!
+//! The table is in the process image, so a `fork(2)` child inherits it,
+//! while the ranges themselves are `MADV_DONTFORK` and absent in the child.
+//! Every slot records the pid that registered it and whether its mapping is
+//! inherited on fork (`false` by default; see [`set_inherited`]); a reader
+//! skips a slot registered by another process unless its mapping is
+//! inherited.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+
+use crate::error::Error;
+
+/// Slots in the registry: backing mappings (arena segments) the process can have at
+/// once. [`MAX_SEGMENTS`](crate::MAX_SEGMENTS) is 64 per arena, so this is
+/// room for 16 fully grown arenas, or 1024 one-segment ones.
+pub const SLOTS: usize = 1024;
+
+const FREE: u32 = 0;
+const CLAIMED: u32 = 1;
+const LIVE: u32 = 2;
+const DYING: u32 = 3;
+
+/// One mapping's entry. Fields other than `state` and `readers` are written
+/// only while the slot is `CLAIMED` (except `high_water` and `inherited`,
+/// which are atomics updated while `LIVE`).
+#[repr(align(64))]
+struct Slot {
+    state: AtomicU32,
+    readers: AtomicU32,
+    pid: AtomicU32,
+    inherited: AtomicBool,
+    base: AtomicUsize,
+    len: AtomicUsize,
+    reservation: AtomicUsize,
+    reservation_len: AtomicUsize,
+    /// Bytes from `base` ever handed out: the end of what a purge wipes.
+    high_water: AtomicUsize,
+}
+
+impl Slot {
+    #[allow(clippy::declare_interior_mutable_const, reason = "only to initialise the static table")]
+    const EMPTY: Slot = Slot {
+        state: AtomicU32::new(FREE),
+        readers: AtomicU32::new(0),
+        pid: AtomicU32::new(0),
+        inherited: AtomicBool::new(false),
+        base: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        reservation: AtomicUsize::new(0),
+        reservation_len: AtomicUsize::new(0),
+        high_water: AtomicUsize::new(0),
+    };
+}
+
+static TABLE: [Slot; SLOTS] = [Slot::EMPTY; SLOTS];
+/// One past the highest slot ever claimed: readers scan `..TOP` only.
+static TOP: AtomicUsize = AtomicUsize::new(0);
+
+/// A registered mapping, as [`for_each`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// First usable byte.
+    pub base: usize,
+    /// Usable bytes.
+    pub len: usize,
+    /// The whole reservation, guard pages included (what `MADV_DONTFORK`
+    /// covers).
+    pub reservation: usize,
+    /// Length of the reservation.
+    pub reservation_len: usize,
+    /// Bytes from `base` ever handed out.
+    pub high_water: usize,
+    /// Whether the mapping is inherited by a `fork(2)` child.
+    pub inherited: bool,
+    /// The process that registered it.
+    pub pid: u32,
+}
+
+/// The addresses of a mapping being registered.
+pub(crate) struct Ranges {
+    pub base: usize,
+    pub len: usize,
+    pub reservation: usize,
+    pub reservation_len: usize,
+}
+
+/// A registered slot, owned by one `Mapping`.
+#[derive(Debug)]
+pub(crate) struct SlotId(usize);
+
+fn this_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// Records a new mapping; its high-water mark starts at zero and it is not
+/// inherited on fork.
+pub(crate) fn register(r: Ranges) -> Result<SlotId, Error> {
+    for (i, slot) in TABLE.iter().enumerate() {
+        if slot.state.compare_exchange(FREE, CLAIMED, SeqCst, SeqCst).is_err() {
+            continue;
+        }
+        slot.pid.store(this_pid(), SeqCst);
+        slot.inherited.store(false, SeqCst);
+        slot.base.store(r.base, SeqCst);
+        slot.len.store(r.len, SeqCst);
+        slot.reservation.store(r.reservation, SeqCst);
+        slot.reservation_len.store(r.reservation_len, SeqCst);
+        slot.high_water.store(0, SeqCst);
+        TOP.fetch_max(i + 1, SeqCst);
+        slot.state.store(LIVE, SeqCst);
+        return Ok(SlotId(i));
+    }
+    Err(Error::MappingRegistryFull { slots: SLOTS })
+}
+
+/// Raises the slot's high-water mark to `bytes` (never lowers it).
+#[inline]
+pub(crate) fn raise_high_water(id: &SlotId, bytes: usize) {
+    TABLE[id.0].high_water.fetch_max(bytes, SeqCst);
+}
+
+/// Records whether the slot's mapping is inherited by a fork child (issue
+/// 12's inheritable arenas set this).
+#[allow(dead_code, reason = "the hook for inheritable mappings, which set it")]
+pub(crate) fn set_inherited(id: &SlotId, inherited: bool) {
+    TABLE[id.0].inherited.store(inherited, SeqCst);
+}
+
+/// Removes the slot; returns once no reader can be touching its range, so
+/// the caller may unmap it.
+pub(crate) fn deregister(id: SlotId) {
+    let slot = &TABLE[id.0];
+    slot.state.store(DYING, SeqCst);
+    // Readers on other threads finish in bounded time (a wipe of at most the
+    // mapping); a reader on this thread cannot be waited for here, since a
+    // signal handler runs to completion before the code it interrupted.
+    while slot.readers.load(SeqCst) != 0 {
+        core::hint::spin_loop();
+        rustix::thread::sched_yield();
+    }
+    slot.state.store(FREE, SeqCst);
+}
+
+/// Calls `f` with every live mapping this process may touch: registered by
+/// this process, or inherited from the parent. Async-signal-safe (no
+/// allocation, no lock): usable in a signal handler or a `pthread_atfork`
+/// child handler. A mapping `f` is given stays mapped until `f` returns.
+pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
+    let pid = this_pid();
+    let top = TOP.load(SeqCst).min(SLOTS);
+    for slot in &TABLE[..top] {
+        slot.readers.fetch_add(1, SeqCst);
+        if slot.state.load(SeqCst) == LIVE {
+            let info = MappingInfo {
+                base: slot.base.load(SeqCst),
+                len: slot.len.load(SeqCst),
+                reservation: slot.reservation.load(SeqCst),
+                reservation_len: slot.reservation_len.load(SeqCst),
+                high_water: slot.high_water.load(SeqCst),
+                inherited: slot.inherited.load(SeqCst),
+                pid: slot.pid.load(SeqCst),
+            };
+            if info.pid == pid || info.inherited {
+                f(&info);
+            }
+        }
+        slot.readers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// As [`for_each`], but for a `pthread_atfork` child handler: calls `f` with
+/// every live mapping registered by the *parent* (`parent_pid`) that the
+/// child did not inherit, so the handler can re-reserve its range
+/// `PROT_NONE`. Runs in the child, where only the forking thread exists.
+#[allow(dead_code, reason = "for the fork-handling code (issue 12)")]
+pub(crate) fn for_each_not_inherited(parent_pid: u32, mut f: impl FnMut(&MappingInfo)) {
+    let top = TOP.load(SeqCst).min(SLOTS);
+    for slot in &TABLE[..top] {
+        if slot.state.load(SeqCst) == LIVE && slot.pid.load(SeqCst) == parent_pid && !slot.inherited.load(SeqCst) {
+            f(&MappingInfo {
+                base: slot.base.load(SeqCst),
+                len: slot.len.load(SeqCst),
+                reservation: slot.reservation.load(SeqCst),
+                reservation_len: slot.reservation_len.load(SeqCst),
+                high_water: slot.high_water.load(SeqCst),
+                inherited: false,
+                pid: parent_pid,
+            });
+        }
+    }
+}
+
+/// Wipes every live block of every arena in the process, without freeing
+/// anything: an emergency wipe for signal handlers, panic hooks and
+/// watchdogs, when the process is about to die.
+///
+/// It covers explicit [`SecretArena`](crate::SecretArena)s, the default
+/// arena ([`global()`](crate::global()), [`DefaultArena`](crate::DefaultArena),
+/// `SecretBox`, `SecretVec`, `SecretString`) and the heap of a program that
+/// installs [`SecretGlobalAlloc`](crate::SecretGlobalAlloc): every byte of
+/// every arena segment below the segment's high-water mark (the highest
+/// page it ever handed out) is overwritten with zeros. Pages never handed
+/// out are already zero and are not touched, so a purge faults in no new
+/// secret memory.
+///
+/// It is async-signal-safe: it allocates nothing, takes no lock, and makes
+/// one system call (`getpid`). It can run while other threads allocate,
+/// free, or create and drop arenas; a segment being dropped is either wiped
+/// whole before it is unmapped or skipped.
+///
+/// # The state afterwards
+///
+/// - Every live secret reads as zero: `SecretBox`es, `SecretVec`s and
+///   `SecretString`s keep their lengths but their bytes are `0`, and a
+///   `SecretString` of zeros is still valid UTF-8 (NUL characters).
+/// - The arenas' bookkeeping lives outside secret memory and is untouched:
+///   allocation, freeing and dropping keep working, and every free byte is
+///   still zero.
+/// - With `SecretGlobalAlloc`, *all* of the program's heap is zeroed:
+///   pointers stored in heap objects become null, so the program must not
+///   go on using what it had built (a `Box<Vec<_>>` now holds a null
+///   pointer). Write what is needed with stack buffers and leave with
+///   `_exit(2)`, or re-raise the fatal signal; fresh allocations work.
+/// - Threads using a secret while it is purged may see it change under
+///   them; a purge is for a process about to stop using its secrets.
+///
+/// Ranges of a fork parent's arenas, which the child does not inherit, are
+/// skipped in the child.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{ExposeSecret, SecretBox};
+///
+/// let key = SecretBox::new([0x42u8; 32]);
+/// secret_arena::purge();
+/// assert_eq!(key.expose_secret(), &[0u8; 32]);
+/// ```
+pub fn purge() {
+    for_each(|m| {
+        let end = m.high_water.min(m.len) / 16 * 16;
+        if end > 0 {
+            // SAFETY: the range is inside a mapping that `for_each` keeps
+            // mapped until we return; it is readable and writable (the
+            // usable part, not the guards); `base` is page-aligned and `end`
+            // a multiple of 16. Live blocks in it are overwritten while their
+            // owners may hold references: that is `purge`'s documented
+            // contract, for a process about to stop using its secrets.
+            unsafe { crate::wipe::wipe_chunk(m.base as *mut u8, end) };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real anonymous mapping of `pages` pages, so that a purge running
+    /// meanwhile (none does in the unit tests, but it must stay harmless)
+    /// wipes memory that exists.
+    fn scratch(pages: usize) -> Ranges {
+        let len = pages * crate::backing::os_page_size();
+        // SAFETY: a fresh private anonymous mapping; leaked on purpose.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .unwrap() as usize;
+        Ranges { base: p, len, reservation: p, reservation_len: len }
+    }
+
+    #[test]
+    fn register_read_deregister() {
+        let r = scratch(4);
+        let (base, len) = (r.base, r.len);
+        let id = register(r).unwrap();
+        raise_high_water(&id, 0x2000);
+        raise_high_water(&id, 0x1000);
+        let mut seen = None;
+        for_each(|m| {
+            if m.base == base {
+                seen = Some(*m);
+            }
+        });
+        let m = seen.expect("registered mapping is listed");
+        assert_eq!((m.len, m.high_water, m.inherited, m.pid), (len, 0x2000, false, this_pid()));
+        deregister(id);
+        let mut again = false;
+        for_each(|m| again |= m.base == base);
+        assert!(!again, "a deregistered mapping is still listed");
+    }
+
+    #[test]
+    fn another_process_slots_are_skipped_unless_inherited() {
+        let r = scratch(1);
+        let base = r.base;
+        let id = register(r).unwrap();
+        TABLE[id.0].pid.store(this_pid().wrapping_add(1), SeqCst);
+        let count = || {
+            let mut n = 0;
+            for_each(|m| n += usize::from(m.base == base));
+            n
+        };
+        assert_eq!(count(), 0, "a parent's non-inherited mapping must be skipped");
+        set_inherited(&id, true);
+        assert_eq!(count(), 1);
+        let mut listed = 0;
+        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
+        assert_eq!(listed, 0, "inherited mappings need no re-reservation");
+        set_inherited(&id, false);
+        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
+        assert_eq!(listed, 1);
+        deregister(id);
+    }
+}

@@ -404,13 +404,18 @@ fn vec_box_and_hashmap_live_in_the_arena() {
 fn threads_share_one_arena() {
     let budget = budget();
     let arena = arena(&budget, 8 << 20);
+    let failed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for t in 0..6u8 {
-            let arena = &arena;
+            let (arena, failed) = (&arena, &failed);
             s.spawn(move || {
                 for round in 0..200 {
                     let mut v: Vec<u8, &SecretArena> = Vec::new_in(arena);
                     let n = 1 + (round * 37 + t as usize * 11) % 3000;
+                    if v.try_reserve_exact(n).is_err() {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     v.resize(n, t + 1);
                     std::thread::yield_now();
                     assert!(v.iter().all(|&b| b == t + 1), "thread {t} saw another's data");
@@ -418,6 +423,20 @@ fn threads_share_one_arena() {
             });
         }
     });
+    let failed = failed.into_inner();
+    if arena.capacity() == 8 << 20 {
+        assert_eq!(failed, 0, "an 8 MiB arena ran full");
+    } else if failed > 0 {
+        // Six threads each carving slabs of several pages can fill a small
+        // arena; what this test proves (no thread sees another's data) holds.
+        common::skip(
+            this_test!(),
+            &format!(
+                "\"never full\" needs an 8 MiB arena; the {} one the budget allows ran full {failed} of 1200 times",
+                common::kib(arena.capacity())
+            ),
+        );
+    }
     check(&arena);
     assert_eq!(arena.stats().in_use, 0);
 }

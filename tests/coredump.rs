@@ -34,7 +34,8 @@ fn core_case(case: &str, holder: Holder) {
                 std::process::abort();
             }
             Holder::Arena(kind) => {
-                let Some(arena) = arena(case, kind, 64 << 10) else {
+                let budget = common::budget();
+                let Some(arena) = arena(case, &budget, kind, 64 << 10) else {
                     println!("NO-SECRET");
                     return;
                 };

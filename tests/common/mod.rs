@@ -88,9 +88,8 @@ pub struct Budget {
 /// limit applies: with `CAP_IPC_LOCK` or an unlimited rlimit the tests run
 /// in parallel) and reads what is left of it.
 pub fn budget() -> Budget {
-    let turn = secret_arena::memlock_budget()
-        .available()
-        .map(|_| BUDGET_TURN.lock().unwrap_or_else(PoisonError::into_inner));
+    let turn =
+        secret_arena::memlock_budget().available().map(|_| BUDGET_TURN.lock().unwrap_or_else(PoisonError::into_inner));
     Budget { _turn: turn, available: secret_arena::memlock_budget().available() }
 }
 
@@ -132,6 +131,19 @@ pub fn settable_memlock(wanted: usize) -> usize {
         Some(hard) if !raise => wanted.min(usize::try_from(hard).unwrap_or(usize::MAX)),
         _ => wanted,
     }
+}
+
+/// Whether the calling test, which uses the process-wide arena, runs in this
+/// process. Where a memlock limit applies, it runs in a child of its own
+/// instead (and this returns `false` once the child passed): the
+/// process-wide arena lives as long as its process and would keep its share
+/// of the budget from every test that runs after it.
+pub fn runs_here_with_global(case: &str) -> bool {
+    if is_child(case) || secret_arena::memlock_budget().available().is_none() {
+        return true;
+    }
+    assert_child_passed(&Sandbox::new(case).run());
+    false
 }
 
 /// A byte count for messages.
@@ -211,12 +223,13 @@ impl Kind {
     }
 }
 
-/// An arena of `capacity` bytes and the given kind; `None` (after printing
-/// why) where the kernel gives no `memfd_secret` and `kind` is `Secret`.
+/// An arena of the given kind, of `capacity` bytes or as many as `budget`
+/// leaves; `None` (after printing why) where the kernel gives no
+/// `memfd_secret` and `kind` is `Secret`.
 ///
 /// Only `ENOSYS` and `EPERM` count as "not here"; any other error fails.
-pub fn arena(case: &str, kind: Kind, capacity: usize) -> Option<SecretArena> {
-    match SecretArena::builder().capacity(capacity).policy(kind.policy()).build() {
+pub fn arena(case: &str, budget: &Budget, kind: Kind, capacity: usize) -> Option<SecretArena> {
+    match SecretArena::builder().capacity(budget.fit(capacity)).policy(kind.policy()).build() {
         Ok(a) => {
             assert_eq!(a.backing(), kind.backing(), "{case}: wrong backing");
             Some(a)

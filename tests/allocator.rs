@@ -392,7 +392,7 @@ fn vec_box_and_hashmap_live_in_the_arena() {
             keys.remove(&format!("key-{i}"));
         }
         assert_eq!(keys.len() as u32, keys_n / 2);
-        let odd = keys_n / 2 | 1;
+        let odd = (keys_n / 2) | 1;
         assert_eq!(keys[&format!("key-{odd}")], [odd as u8; 32]);
         drop((v, b, keys));
         check(&arena);
@@ -483,7 +483,7 @@ fn empty_slabs_owned_by_idle_threads_are_reclaimed_before_failing() {
         }
     });
     assert_eq!(arena.stats().in_use, 0);
-    let half = Layout::from_size_align(arena.capacity() / 2 & !4095, 4096).unwrap();
+    let half = Layout::from_size_align((arena.capacity() / 2) & !4095, 4096).unwrap();
     let b = arena.allocate(half).expect("empty slabs are reclaimed when pages run out");
     // SAFETY: just allocated.
     unsafe { arena.deallocate(b.cast(), half) };

@@ -11,6 +11,18 @@ use core::fmt;
 pub use rustix::io::Errno;
 
 /// The system call or step that failed while setting up secret memory.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{Error, SecretArena};
+///
+/// match SecretArena::new(16 << 10) {
+///     Ok(_) => {}
+///     Err(Error::Syscall { step, errno }) => eprintln!("{step:?} failed: {errno}"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Step {

@@ -240,22 +240,25 @@ fn eight_threads_share_one_arena_and_free_each_others_blocks() {
     let budget = common::budget();
     let arena = SecretArena::builder().capacity(budget.fit(4 << 20)).build().unwrap();
     let failures = hammer(&arena, rounds(30_000));
-    if arena.capacity() == 4 << 20 {
-        assert_eq!(failures, 0, "a 4 MiB arena should never be full here");
-    } else {
-        common::skip(
-            this_test!(),
-            &format!(
-                "\"never full\" needs a 4 MiB arena; the memlock budget allows {}, which ran full {failures} times",
-                common::kib(arena.capacity())
-            ),
-        );
-    }
     // SAFETY: single-threaded here: nothing else uses the arena during the check.
     unsafe { arena.check_invariants() }.expect("invariants after the stress run");
     let stats = arena.stats();
     assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
-    assert!(stats.classes.iter().filter(|c| c.slabs > 0).count() > 10, "too few classes exercised: {stats:?}");
+    if arena.capacity() == 4 << 20 {
+        assert_eq!(failures, 0, "a 4 MiB arena should never be full here");
+        assert!(stats.classes.iter().filter(|c| c.slabs > 0).count() > 10, "too few classes exercised: {stats:?}");
+    } else {
+        // Eight threads with 64 blocks in flight each fill a small arena:
+        // races at the full boundary, invariants and leaks are still checked.
+        common::skip(
+            this_test!(),
+            &format!(
+                "\"never full, most classes used\" needs a 4 MiB arena; the memlock budget allows {}, \
+                 which ran full {failures} times",
+                common::kib(arena.capacity())
+            ),
+        );
+    }
 }
 
 /// Starts at 16 KiB and grows to 512 KiB while eight threads race for it:

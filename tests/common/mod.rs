@@ -157,17 +157,13 @@ pub fn page_size() -> usize {
 
 // ----- sanitizers -----
 
-/// Whether this binary was built with AddressSanitizer
-/// (`RUSTFLAGS=-Zsanitizer=address`): its runtime defines `__asan_init`.
-pub fn under_asan() -> bool {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks
-    // the symbol up.
-    !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__asan_init".as_ptr()) }.is_null()
-}
-
-/// `ASAN_OPTIONS` for a child that is meant to fault or dump core: ASan's
-/// own SIGSEGV handler would turn the kernel's SIGSEGV into exit code 1, and
-/// ASan sets `RLIMIT_CORE` to 0 at start-up unless told not to.
+/// `ASAN_OPTIONS` for the re-executed children, some of which are meant to
+/// fault or dump core: ASan's own SIGSEGV handler would turn the kernel's
+/// SIGSEGV into exit code 1, and ASan sets `RLIMIT_CORE` to 0 at start-up
+/// unless told not to. Set for every child, built with ASan or not (a binary
+/// without it ignores the variable): ASan's runtime exports no symbol that
+/// `dlsym` could find, so detecting it would be guesswork, and a child's
+/// fault must never be misreported.
 pub fn asan_options_for_children() -> String {
     let mut opts = std::env::var("ASAN_OPTIONS").unwrap_or_default();
     for opt in ["handle_segv=0", "handle_sigbus=0", "disable_coredump=0"] {
@@ -438,9 +434,7 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if under_asan() {
-            cmd.env("ASAN_OPTIONS", asan_options_for_children());
-        }
+        cmd.env("ASAN_OPTIONS", asan_options_for_children());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::ptr::NonNull;
 
 use allocator_api2::alloc::Allocator;
@@ -211,7 +210,7 @@ fn held_at_8mib(case: &str, kind: Kind) {
         let out = run_limited(case, LIMIT);
         assert_child_passed(&out);
         for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("HELD")) {
-            let _ = writeln!(std::io::stderr(), "\n{case}: {line}");
+            common::say(&format!("{case}: {line}"));
         }
         return;
     }

@@ -9,7 +9,8 @@
 //! Groups (criterion ids, as `group/function/parameter`):
 //! - `awf/<allocator>/<bytes>`: allocate + write + free at 32 B, 256 B, 4 KiB.
 //! - `awf_slow/<allocator>/<bytes>`: the same for memsec, whose per-allocation
-//!   syscalls cost tens of µs, with fewer samples.
+//!   syscalls cost tens of µs, with fewer samples. The filter `awf` (not
+//!   `awf/`) selects both groups: the README's first table.
 //! - `secretbox/<impl>`: a boxed `[u8; 32]` secret created and dropped.
 //! - `vec_push_64k/<allocator>`: a `Vec<u8>` grown by pushes to 64 KiB.
 //! - `hashmap_1000/<allocator>`: insert then remove 1,000 32-byte keys.

@@ -111,6 +111,14 @@ pub struct SecretGlobalAlloc {
 
 impl SecretGlobalAlloc {
     /// The allocator; usable in a `static`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// #[global_allocator]
+    /// static ALLOC: secret_arena::SecretGlobalAlloc = secret_arena::SecretGlobalAlloc::new();
+    /// # fn main() {}
+    /// ```
     pub const fn new() -> Self {
         SecretGlobalAlloc { _private: () }
     }

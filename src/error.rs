@@ -1,15 +1,28 @@
 //! The crate's one error type.
 //!
 //! Every variant names the step that failed and carries the kernel's answer,
-//! and its `Display` text says what to do next. The type is `Copy` and never
-//! allocates, because it is built inside the allocator itself, possibly while
-//! the arena is the process's global allocator.
+//! and its `Display` text says what to do next. `Debug` starts with the same
+//! text, so `fn main() -> Result<(), Error>` prints the advice too. The type
+//! is `Copy` and never allocates, because it is built inside the allocator
+//! itself, possibly while the arena is the process's global allocator.
 
 use core::fmt;
 
 pub use rustix::io::Errno;
 
 /// The system call or step that failed while setting up secret memory.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{Error, SecretArena};
+///
+/// match SecretArena::new(16 << 10) {
+///     Ok(_) => {}
+///     Err(Error::Syscall { step, errno }) => eprintln!("{step:?} failed: {errno}"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Step {
@@ -53,7 +66,31 @@ impl Step {
 }
 
 /// Why an arena could not be created or grown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `Display` says what failed and what to do about it. `Debug` prints the
+/// same advice, then the variant and its fields, so an error returned from
+/// `main` (which Rust prints with `Debug`) still tells the user what to do.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{Errno, Error};
+///
+/// let e = Error::MemlockBudget {
+///     requested: 1 << 20,
+///     available: Some(64 << 10),
+///     limit: Some(64 << 10),
+///     errno: Errno::AGAIN,
+/// };
+/// let advice = e.to_string();
+/// assert!(advice.starts_with("secret memory needs 1 MiB of locked memory but only 64 KiB is left"));
+/// assert!(advice.contains("ulimit -l") && advice.contains("CAP_IPC_LOCK"));
+/// // What `fn main() -> Result<(), secret_arena::Error>` prints after "Error: ":
+/// let debug = format!("{e:?}");
+/// assert!(debug.starts_with(&advice));
+/// assert!(debug.contains("(MemlockBudget { requested: 1048576, available: Some(65536), limit: Some(65536)"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     /// `memfd_secret(2)` is not available here and the policy was
@@ -159,6 +196,35 @@ impl fmt::Display for Error {
     }
 }
 
+/// The `Display` advice first, then the fields.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self} (")?;
+        match *self {
+            Error::SecretMemoryUnavailable { errno } => {
+                f.debug_struct("SecretMemoryUnavailable").field("errno", &errno).finish()?
+            }
+            Error::MemlockBudget { requested, available, limit, errno } => f
+                .debug_struct("MemlockBudget")
+                .field("requested", &requested)
+                .field("available", &available)
+                .field("limit", &limit)
+                .field("errno", &errno)
+                .finish()?,
+            Error::Syscall { step, errno } => {
+                f.debug_struct("Syscall").field("step", &step).field("errno", &errno).finish()?
+            }
+            Error::InvalidCapacity { requested } => {
+                f.debug_struct("InvalidCapacity").field("requested", &requested).finish()?
+            }
+            Error::MappingRegistryFull { slots } => {
+                f.debug_struct("MappingRegistryFull").field("slots", &slots).finish()?
+            }
+        }
+        f.write_str(")")
+    }
+}
+
 impl std::error::Error for Error {}
 
 impl From<Error> for std::io::Error {
@@ -190,6 +256,21 @@ mod tests {
         assert!(s.contains("needs 4 MiB"), "{s}");
         assert!(s.contains("only 1 MiB is left"), "{s}");
         assert!(s.contains("ulimit -l") && s.contains("LimitMEMLOCK=") && s.contains("CAP_IPC_LOCK"), "{s}");
+    }
+
+    #[test]
+    fn debug_carries_the_advice() {
+        let e = Error::MemlockBudget {
+            requested: 4 << 20,
+            available: Some(1 << 20),
+            limit: Some(8 << 20),
+            errno: Errno::AGAIN,
+        };
+        let debug = format!("{e:?}");
+        assert!(debug.starts_with(&e.to_string()), "{debug}");
+        assert!(debug.contains("MemlockBudget { requested: 4194304"), "{debug}");
+        let e = Error::Syscall { step: Step::Map, errno: Errno::NOMEM };
+        assert_eq!(format!("{e:?}"), format!("{e} (Syscall {{ step: Map, errno: {:?} }})", Errno::NOMEM));
     }
 
     #[test]

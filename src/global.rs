@@ -11,9 +11,27 @@ use crate::backing::{BackingPolicy, memlock_budget};
 use crate::error::Error;
 
 /// First segment of the default arena: 256 KiB.
+///
+/// # Examples
+///
+/// ```
+/// let arena = secret_arena::global()?;
+/// println!("{} bytes mapped; first segment: {} bytes or the budget", arena.capacity(), secret_arena::GLOBAL_INITIAL_CAPACITY);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const GLOBAL_INITIAL_CAPACITY: usize = 256 << 10;
 /// Growth limit of the default arena where no memlock limit applies
 /// (root, `CAP_IPC_LOCK` or an unlimited rlimit): 64 GiB.
+///
+/// # Examples
+///
+/// ```
+/// let arena = secret_arena::global()?;
+/// if secret_arena::memlock_budget().available().is_none() {
+///     assert_eq!(arena.max_capacity(), secret_arena::GLOBAL_UNLIMITED_MAX);
+/// }
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const GLOBAL_UNLIMITED_MAX: usize = 64 << 30;
 
 static GLOBAL: OnceLock<SecretArena> = OnceLock::new();

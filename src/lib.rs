@@ -15,7 +15,11 @@ pub use arena::classes::CLASS_COUNT;
 pub use arena::{ClassStats, DEFAULT_CAPACITY, InvariantError, MAX_SEGMENTS, SecretArena, SecretArenaBuilder, Stats};
 pub use backing::registry::{SLOTS as MAX_MAPPINGS, purge};
 pub use backing::{Backing, BackingPolicy, MemlockBudget, memfd_secret_available, memlock_budget};
-pub use error::{Errno, Error, Step};
+/// rustix's errno type, which [`Error`] carries. Not inlined: its many
+/// constants belong to rustix's documentation, not this crate's.
+#[doc(no_inline)]
+pub use error::Errno;
+pub use error::{Error, Step};
 pub use global::{DefaultArena, GLOBAL_INITIAL_CAPACITY, GLOBAL_UNLIMITED_MAX, global};
 #[cfg(feature = "serde")]
 pub use secret::SerializableSecret;

@@ -6,6 +6,8 @@
 //! file afterwards. On secret memory `map_files` is refused (`ENXIO`), which
 //! is the point of that backing.
 
+mod common;
+
 use std::io::Read;
 
 use allocator_api2::vec::Vec;
@@ -25,7 +27,9 @@ fn mapping_of(addr: usize) -> Option<(usize, usize, String)> {
 
 #[test]
 fn dropping_the_arena_wipes_leaked_blocks_before_unmapping() {
-    let arena = SecretArena::builder().capacity(64 << 10).policy(BackingPolicy::ForceFallback).build().unwrap();
+    let budget = common::budget();
+    let arena =
+        SecretArena::builder().capacity(budget.fit(64 << 10)).policy(BackingPolicy::ForceFallback).build().unwrap();
     // A leaked secret: never freed, so only the arena's drop can wipe it.
     let mut secret = Vec::new_in(&arena);
     secret.extend_from_slice(PATTERN);
@@ -38,7 +42,7 @@ fn dropping_the_arena_wipes_leaked_blocks_before_unmapping() {
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            println!("SKIPPED: opening {path} needs CAP_SYS_ADMIN ({e})");
+            common::skip(this_test!(), &format!("opening {path} needs CAP_SYS_ADMIN ({e})"));
             return;
         }
         Err(e) => panic!("open {path}: {e}"),

@@ -29,33 +29,40 @@ fn in_child(errno: i32) {
     let errno = Errno::from_raw_os_error(errno);
     assert_eq!(secret_arena::memfd_secret_available(), Err(errno), "the seccomp filter is not in force");
 
-    // The default policy falls back, and says which backing it got.
-    let arena =
-        SecretArena::builder().capacity(16 << 10).max_capacity(256 << 10).build().expect("the fallback should work");
+    // The default policy falls back, and says which backing it got. The
+    // workload is sized to the memlock budget: 2,000 keys and a 40 KiB run
+    // in 256 KiB, in proportion below.
+    let budget = common::budget();
+    let max = budget.fit(256 << 10);
+    let (keys_n, big_len) = (max / 128, (max * 40 / 256) & !4095);
+    let arena = SecretArena::builder().capacity(16 << 10).max_capacity(max).build().expect("the fallback should work");
     assert_eq!(arena.backing(), Backing::MlockedMemfd);
     assert_eq!(arena.stats().backing, Backing::MlockedMemfd);
 
     // It works: small chunks, a page run, growth into further segments.
     let mut keys = AVec::new_in(&arena);
-    for i in 0..2000u32 {
+    for i in 0..keys_n {
         let mut key = AVec::with_capacity_in(32, &arena);
         key.extend((0..32).map(|j| (i as u8) ^ j));
         keys.push(key);
     }
-    let big = arena.allocate(Layout::from_size_align(40 << 10, 4096).unwrap()).expect("a page run");
+    let big_layout = Layout::from_size_align(big_len, 4096).unwrap();
+    let big = arena.allocate(big_layout).expect("a page run");
     assert!(arena.stats().segments > 1, "the test should reach growth: {:?}", arena.stats());
     for (i, key) in keys.iter().enumerate() {
         assert!(key.iter().enumerate().all(|(j, &b)| b == (i as u8) ^ j as u8), "key {i} corrupted");
     }
-    let vma = vma_containing(keys[1999].as_ptr() as usize).expect("mapped");
+    let vma = vma_containing(keys[keys_n - 1].as_ptr() as usize).expect("mapped");
     assert_eq!(vma.path, "/memfd:secret-arena (deleted)");
     assert!(["lo", "dd", "dc"].iter().all(|f| vma.has_flag(f)), "{vma:?}");
     // SAFETY: `big` came from this arena with this layout and is freed once.
-    unsafe { arena.deallocate(big.cast(), Layout::from_size_align(40 << 10, 4096).unwrap()) };
+    unsafe { arena.deallocate(big.cast(), big_layout) };
     drop(keys);
     // SAFETY: no other thread uses the arena now.
     unsafe { arena.check_invariants() }.expect("invariants, including every free byte zero");
     assert_eq!(arena.stats().in_use, 0);
+    // Its budget goes back for the process-wide arena.
+    drop(arena);
 
     // The process-wide arena falls back too.
     assert_eq!(secret_arena::global().expect("global arena").backing(), Backing::MlockedMemfd);

@@ -26,8 +26,13 @@ fn in_fork(child: impl FnOnce() -> i32) -> i32 {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", common::last_errno());
     if pid == 0 {
-        // The children are meant to crash: no core files.
-        let code = match common::no_core_dumps() {
+        // The children are meant to crash: no core files, and the kernel's
+        // signal, not a handler inherited from the parent (AddressSanitizer
+        // installs one that would turn SIGSEGV into exit code 1).
+        let prepared = common::no_core_dumps()
+            .and_then(|()| common::default_signal_action(libc::SIGSEGV))
+            .and_then(|()| common::default_signal_action(libc::SIGBUS));
+        let code = match prepared {
             Ok(()) => child(),
             Err(_) => 65,
         };
@@ -61,7 +66,8 @@ fn outcome(ret: isize) -> i32 {
 }
 
 fn fork_case(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let addr = block.as_ptr();

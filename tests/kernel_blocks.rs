@@ -19,7 +19,8 @@ const NULL: *mut libc::c_void = core::ptr::null_mut();
 
 /// `process_vm_readv` of our own secret: EFAULT, or the secret on the fallback.
 fn process_vm_readv_self(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let got = vm_readv(std::process::id() as libc::pid_t, block.as_ptr() as usize, LEN);
@@ -55,7 +56,8 @@ fn vm_readv(pid: libc::pid_t, addr: usize, len: usize) -> Result<Vec<u8>, Errno>
 /// Reading and writing our own secret through `/proc/self/mem`: EIO both
 /// ways, or on the fallback the secret read and a write that lands.
 fn proc_self_mem(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let addr = block.as_ptr() as u64;
@@ -94,7 +96,8 @@ fn proc_self_mem_fallback_reads_and_writes() {
 /// fallback it opens the memfd itself, which reads the secret, has its size
 /// sealed, and cannot be resized or sealed further.
 fn map_files(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let vma = common::vma_containing(block.as_ptr() as usize).expect("the block is mapped");
@@ -156,7 +159,8 @@ fn map_files_fallback_sealed() {
 /// pages, which it cannot for secret memory (EFAULT); the fallback's pages
 /// go into the pipe.
 fn vmsplice(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let (reader, writer) = pipe();
@@ -195,7 +199,8 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// Not a protection: the owner can still copy its secret out with an
 /// ordinary system call. `write(2)` to a pipe works on both backings.
 fn owner_write(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let seed = common::fresh_seed();
     let block = secret_block(&arena, LEN, seed);
     let (reader, writer) = pipe();
@@ -227,7 +232,8 @@ fn other_process(case: &str, kind: Kind) {
         return;
     }
     if is_child(case) {
-        let Some(arena) = arena(case, kind, 64 << 10) else {
+        let budget = common::budget();
+        let Some(arena) = arena(case, &budget, kind, 64 << 10) else {
             println!("NO-SECRET");
             return;
         };

@@ -24,6 +24,8 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestR
 use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{BackingPolicy, SecretArena};
 
+mod common;
+
 const PAGE: usize = 4096;
 const CLASS_SIZES: [usize; secret_arena::CLASS_COUNT] = [
     16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
@@ -412,8 +414,11 @@ fn cases(default: u32) -> u32 {
 }
 
 /// Runs `cases` random op sequences of up to `max_ops` on fresh arenas of
-/// `capacity` growing to `max_capacity`; returns what they reached.
+/// `capacity` growing to `max_capacity` (or what the memlock budget leaves);
+/// returns what they reached.
 fn run(capacity: usize, max_capacity: usize, policy: BackingPolicy, default_cases: u32, max_ops: usize) -> Reached {
+    let budget = common::budget();
+    let (capacity, max_capacity) = (budget.fit(capacity), budget.fit(max_capacity));
     let config = Config {
         cases: cases(default_cases),
         source_file: Some(file!()),

@@ -43,7 +43,8 @@ fn purge_faults_in_nothing(kind: Kind, case: &str) {
         return;
     }
     let touch = capacity / 4;
-    let Some(arena) = arena(case, kind, capacity) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, capacity) else { return };
     let block = secret_block(&arena, 64, 7);
     let base = block.as_ptr() as usize;
     let before = rss_of(base);
@@ -207,7 +208,8 @@ fn full_registry_is_an_error_at_creation() {
 fn purge_in_a_fork_child_skips_the_parents_segments() {
     let case = this_test!();
     if is_child(case) {
-        let Some(arena) = arena(case, Kind::Fallback, 64 << 10) else { return };
+        let budget = common::budget();
+        let Some(arena) = arena(case, &budget, Kind::Fallback, 64 << 10) else { return };
         let block = secret_block(&arena, 64, 3);
         // SAFETY: the child makes only async-signal-safe calls (purge,
         // _exit); this process has a single test thread running.

@@ -15,10 +15,13 @@ use zeroize::Zeroize;
 use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{DefaultArena, ExposeSecret, ExposeSecretMut, SecretArena, SecretBox, SecretString, SecretVec};
 
+mod common;
+
 const PATTERN: u8 = 0xA5;
 
-fn arena() -> SecretArena {
-    SecretArena::new(256 << 10).expect("secret arena")
+/// A 256 KiB arena, or what the memlock budget leaves; see [`common::budget`].
+fn arena(budget: &common::Budget) -> SecretArena {
+    SecretArena::new(budget.fit(256 << 10)).expect("secret arena")
 }
 
 /// The bytes at `ptr..ptr + len`, read volatile.
@@ -34,7 +37,8 @@ unsafe fn read_bytes(ptr: *const u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn dropped_box_leaves_zeros_in_the_arena() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let key = SecretBox::<[u8; 32], _>::init_with_mut_in(|k| k.fill(PATTERN), &arena);
     let at = key.expose_secret().as_ptr();
     assert!(arena.contains(at));
@@ -50,7 +54,8 @@ fn dropped_box_leaves_zeros_in_the_arena() {
 
 #[test]
 fn dropped_slice_leaves_zeros_in_the_arena() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let mut src = vec![PATTERN; 3000];
     let key = SecretBox::take_from_slice_in(&mut src, &arena);
     assert_eq!(src, vec![0; 3000], "the source is zeroized");
@@ -62,7 +67,8 @@ fn dropped_slice_leaves_zeros_in_the_arena() {
 
 #[test]
 fn grown_vec_leaves_zeros_where_it_was() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let mut v = SecretVec::new_in(&arena);
     v.extend_from_slice(&[PATTERN; 20]);
     let (old_at, old_len) = (v.expose_secret().as_ptr(), v.len());
@@ -90,7 +96,8 @@ fn grown_vec_leaves_zeros_where_it_was() {
 
 #[test]
 fn truncate_and_pop_wipe_the_cut_bytes() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let mut s = SecretString::new_in(&arena);
     s.push_str("hunter2!");
     let at = s.expose_secret().as_ptr();
@@ -103,7 +110,8 @@ fn truncate_and_pop_wipe_the_cut_bytes() {
 
 #[test]
 fn string_source_is_zeroized() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let mut typed = String::with_capacity(32);
     typed.push_str("correct horse battery");
     let (at, cap) = (typed.as_ptr(), typed.capacity());
@@ -203,6 +211,9 @@ fn vec_growth_wipes_old_blocks_with_any_allocator() {
 
 #[test]
 fn debug_output_is_redacted() {
+    if !common::runs_here_with_global(this_test!()) {
+        return;
+    }
     let key = SecretBox::new([PATTERN; 4]);
     let s = SecretString::from("hunter2");
     let v = SecretVec::from_slice(b"hunter2");
@@ -215,6 +226,9 @@ fn debug_output_is_redacted() {
 
 #[test]
 fn default_secrets_live_in_the_global_arena() {
+    if !common::runs_here_with_global(this_test!()) {
+        return;
+    }
     let global = secret_arena::global().expect("global arena");
     let key = SecretBox::<[u8; 32]>::init_with_mut(|k| k.fill(1));
     let s = SecretString::from(String::from("pw"));
@@ -224,7 +238,8 @@ fn default_secrets_live_in_the_global_arena() {
 
 #[test]
 fn failed_init_frees_the_secret() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let r = SecretBox::<[u8; 16], _>::try_init_with_mut_in(
         |k| {
             k.fill(PATTERN);
@@ -240,6 +255,7 @@ fn failed_init_frees_the_secret() {
 
 #[test]
 fn try_new_reports_exhaustion() {
+    let _budget = common::budget();
     let arena = SecretArena::builder().capacity(4096).max_capacity(4096).build().expect("arena");
     assert!(SecretBox::try_new_in([0u8; 8192], &arena).is_err());
     assert!(SecretBox::try_zeroed_in(8192, &arena).is_err());
@@ -251,6 +267,9 @@ fn try_new_reports_exhaustion() {
 
 #[test]
 fn clone_of_cloneable_secret_is_independent() {
+    if !common::runs_here_with_global(this_test!()) {
+        return;
+    }
     let mut a = SecretBox::new([3u32; 4]);
     let b = a.clone();
     a.expose_secret_mut()[0] = 9;
@@ -271,6 +290,9 @@ fn send_and_sync_follow_the_contents() {
 #[cfg(feature = "subtle")]
 #[test]
 fn equality_compares_contents() {
+    if !common::runs_here_with_global(this_test!()) {
+        return;
+    }
     let a = SecretBox::<[u8]>::from_slice(b"same key");
     assert!(a == SecretBox::<[u8]>::from_slice(b"same key"));
     assert!(a != SecretBox::<[u8]>::from_slice(b"same kez"));
@@ -281,7 +303,8 @@ fn equality_compares_contents() {
 #[cfg(feature = "getrandom")]
 #[test]
 fn random_fills_in_place() {
-    let arena = arena();
+    let budget = common::budget();
+    let arena = arena(&budget);
     let a = SecretBox::random_in(64, &arena).expect("getrandom");
     let b = SecretBox::random_in(64, &arena).expect("getrandom");
     assert!(arena.contains(a.expose_secret().as_ptr()));
@@ -292,6 +315,9 @@ fn random_fills_in_place() {
 #[cfg(feature = "serde")]
 #[test]
 fn deserialize_into_secret_memory() {
+    if !common::runs_here_with_global(this_test!()) {
+        return;
+    }
     let global = secret_arena::global().expect("global arena");
     let s: SecretString = serde_json::from_str(r#""p\u00e4ss""#).unwrap();
     assert_eq!(s.expose_secret(), "päss");

@@ -12,7 +12,8 @@ use common::{
 /// The arena's mapping: named after its backing, shared, read-write, locked
 /// (`lo`), not dumped (`dd`), not inherited by fork (`dc`), never executable.
 fn flags(case: &str, kind: Kind) {
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let block = secret_block(&arena, 64, 1);
     let vma = vma_containing(block.as_ptr() as usize).expect("the block is mapped");
     println!("{vma:?}");
@@ -44,7 +45,8 @@ fn guards_present(case: &str, kind: Kind) {
         assert_child_passed(&Sandbox::new(case).run());
         return;
     }
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let block = secret_block(&arena, 64, 1);
     let vma = vma_containing(block.as_ptr() as usize).expect("the block is mapped");
     let sides = [("before", vma.start - 1), ("after", vma.end)];
@@ -73,7 +75,8 @@ fn guard_pages_present_fallback() {
 /// A child that writes one byte just outside the arena dies with SIGSEGV.
 fn guard_fault(case: &str, kind: Kind, before: bool) {
     if is_child(case) {
-        let Some(arena) = arena(case, kind, 64 << 10) else {
+        let budget = common::budget();
+        let Some(arena) = arena(case, &budget, kind, 64 << 10) else {
             println!("NO-SECRET");
             return;
         };
@@ -136,7 +139,8 @@ fn no_fd(case: &str, kind: Kind) {
         assert_child_passed(&Sandbox::new(case).run());
         return;
     }
-    let Some(arena) = arena(case, kind, 64 << 10) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
     let _block = secret_block(&arena, 64, 1);
     assert_eq!(fds_named(kind), Vec::<String>::new(), "the arena left its file open");
     // Control: the same kind of file, held open, is seen.
@@ -174,7 +178,8 @@ fn live_secret_arena_blocks_hibernation() {
         common::skip(case, &format!("this system offers no hibernation to block (/sys/power/state: {state:?})"));
         return;
     }
-    let Some(arena) = arena(case, Kind::Secret, 4096) else { return };
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, Kind::Secret, 4096) else { return };
     let _block = secret_block(&arena, 64, 1);
     assert!(!offered(), "hibernation is still offered while secret memory exists");
 }

@@ -17,6 +17,8 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 
 use secret_arena::SecretArena;
+
+mod common;
 use secret_arena::allocator_api2::alloc::Allocator;
 
 const THREADS: usize = 8;
@@ -235,21 +237,36 @@ fn rounds(default: usize) -> usize {
 /// frees, with slabs released and re-carved as threads free into them.
 #[test]
 fn eight_threads_share_one_arena_and_free_each_others_blocks() {
-    let arena = SecretArena::builder().capacity(4 << 20).build().unwrap();
+    let budget = common::budget();
+    let arena = SecretArena::builder().capacity(budget.fit(4 << 20)).build().unwrap();
     let failures = hammer(&arena, rounds(30_000));
-    assert_eq!(failures, 0, "a 4 MiB arena should never be full here");
     // SAFETY: single-threaded here: nothing else uses the arena during the check.
     unsafe { arena.check_invariants() }.expect("invariants after the stress run");
     let stats = arena.stats();
     assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
-    assert!(stats.classes.iter().filter(|c| c.slabs > 0).count() > 10, "too few classes exercised: {stats:?}");
+    if arena.capacity() == 4 << 20 {
+        assert_eq!(failures, 0, "a 4 MiB arena should never be full here");
+        assert!(stats.classes.iter().filter(|c| c.slabs > 0).count() > 10, "too few classes exercised: {stats:?}");
+    } else {
+        // Eight threads with 64 blocks in flight each fill a small arena:
+        // races at the full boundary, invariants and leaks are still checked.
+        common::skip(
+            this_test!(),
+            &format!(
+                "\"never full, most classes used\" needs a 4 MiB arena; the memlock budget allows {}, \
+                 which ran full {failures} times",
+                common::kib(arena.capacity())
+            ),
+        );
+    }
 }
 
 /// Starts at 16 KiB and grows to 512 KiB while eight threads race for it:
 /// segments are added concurrently and the arena runs full.
 #[test]
 fn eight_threads_grow_a_small_arena_and_run_it_full() {
-    let arena = SecretArena::builder().capacity(16 << 10).max_capacity(512 << 10).build().unwrap();
+    let budget = common::budget();
+    let arena = SecretArena::builder().capacity(16 << 10).max_capacity(budget.fit(512 << 10)).build().unwrap();
     let failures = hammer(&arena, rounds(20_000));
     // SAFETY: single-threaded here: nothing else uses the arena during the check.
     unsafe { arena.check_invariants() }.expect("invariants after the stress run");

@@ -15,6 +15,16 @@
 pub(crate) const PAGE: usize = 4096;
 
 /// Number of size classes.
+///
+/// # Examples
+///
+/// ```
+/// let stats = secret_arena::SecretArena::new(16 << 10)?.stats();
+/// assert_eq!(stats.classes.len(), secret_arena::CLASS_COUNT);
+/// assert_eq!(stats.classes[0].chunk_size, 16);
+/// assert_eq!(stats.classes[secret_arena::CLASS_COUNT - 1].chunk_size, 4096);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const CLASS_COUNT: usize = 28;
 
 /// Chunk size of each class, in bytes.

@@ -56,9 +56,28 @@ use crate::wipe::wipe_chunk;
 pub use stats::{ClassStats, InvariantError, Stats};
 
 /// Most segments one arena can have.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{MAX_SEGMENTS, SecretArena};
+///
+/// let arena = SecretArena::builder().capacity(4096).max_capacity(1 << 20).build()?;
+/// assert!(arena.stats().segments <= MAX_SEGMENTS);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const MAX_SEGMENTS: usize = 64;
 
 /// Default capacity of [`SecretArena::builder`]: 1 MiB.
+///
+/// # Examples
+///
+/// ```no_run
+/// // Needs 1 MiB of RLIMIT_MEMLOCK (or CAP_IPC_LOCK).
+/// let arena = secret_arena::SecretArena::builder().build()?;
+/// assert_eq!(arena.capacity(), secret_arena::DEFAULT_CAPACITY);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// A slab allocator over secret memory.
@@ -236,6 +255,14 @@ pub struct SecretArenaBuilder {
 impl SecretArenaBuilder {
     /// Size of the first segment, in bytes, rounded up to the page size.
     /// Default: 1 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let arena = secret_arena::SecretArena::builder().capacity(10_000).build()?;
+    /// assert_eq!(arena.capacity(), 12 << 10); // three 4 KiB pages
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
         self
@@ -243,12 +270,34 @@ impl SecretArenaBuilder {
 
     /// Largest total capacity the arena may grow to by adding segments.
     /// Default: the first capacity, i.e. no growth.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Starts with one 8 KiB segment; adds segments up to 48 KiB in all.
+    /// let arena = secret_arena::SecretArena::builder().capacity(8 << 10).max_capacity(48 << 10).build()?;
+    /// assert_eq!((arena.capacity(), arena.max_capacity()), (8 << 10, 48 << 10));
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
     pub fn max_capacity(mut self, bytes: usize) -> Self {
         self.max_capacity = Some(bytes);
         self
     }
 
     /// Which backing to use; see [`BackingPolicy`]. Default: prefer secret.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use secret_arena::{BackingPolicy, Error, SecretArena};
+    ///
+    /// match SecretArena::builder().capacity(4096).policy(BackingPolicy::RequireSecret).build() {
+    ///     Ok(arena) => assert_eq!(arena.backing(), secret_arena::Backing::MemfdSecret),
+    ///     Err(Error::SecretMemoryUnavailable { errno }) => eprintln!("no memfd_secret here: {errno}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
     pub fn policy(mut self, policy: BackingPolicy) -> Self {
         self.policy = policy;
         self
@@ -263,6 +312,17 @@ impl SecretArenaBuilder {
     /// [`BackingPolicy::RequireSecret`] without `memfd_secret`,
     /// [`Error::InvalidCapacity`] for a zero or unmappable capacity, and
     /// [`Error::Syscall`] for any other failure, naming the step.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use secret_arena::{Error, SecretArena};
+    ///
+    /// let arena = SecretArena::builder().capacity(16 << 10).build()?;
+    /// assert_eq!(arena.capacity(), 16 << 10);
+    /// assert!(matches!(SecretArena::builder().capacity(0).build(), Err(Error::InvalidCapacity { requested: 0 })));
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
     pub fn build(self) -> Result<SecretArena, Error> {
         let mapping = Mapping::create(self.capacity, self.policy)?;
         let backing = mapping.backing();
@@ -314,8 +374,9 @@ impl SecretArena {
     /// # Examples
     ///
     /// ```
-    /// let arena = secret_arena::SecretArena::new(1 << 20)?;
-    /// assert_eq!(arena.capacity(), 1 << 20);
+    /// // 64 KiB fits even the oldest default RLIMIT_MEMLOCK.
+    /// let arena = secret_arena::SecretArena::new(64 << 10)?;
+    /// assert_eq!(arena.capacity(), 64 << 10);
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn new(capacity: usize) -> Result<SecretArena, Error> {

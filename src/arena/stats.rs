@@ -9,6 +9,20 @@ use super::{SecretArena, lock};
 use crate::backing::Backing;
 
 /// Counts for one size class.
+///
+/// # Examples
+///
+/// ```
+/// use allocator_api2::boxed::Box;
+///
+/// let arena = secret_arena::SecretArena::new(16 << 10)?;
+/// let key = Box::new_in([0u8; 32], &arena);
+/// let class = arena.stats().classes.iter().find(|c| c.chunk_size == 32).copied().unwrap();
+/// assert_eq!(class.in_use, 1);
+/// assert!(class.slabs >= 1 && class.chunks >= 1);
+/// # drop(key);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClassStats {
@@ -24,6 +38,23 @@ pub struct ClassStats {
 
 /// A snapshot of an arena's use. Taken without stopping other threads, so
 /// under concurrent use the numbers may not add up exactly.
+///
+/// # Examples
+///
+/// ```
+/// use allocator_api2::vec::Vec;
+///
+/// let arena = secret_arena::SecretArena::new(32 << 10)?;
+/// let mut token = Vec::new_in(&arena);
+/// token.extend_from_slice(&[7u8; 10_000]); // a page run of three pages
+/// let stats = arena.stats();
+/// assert_eq!((stats.capacity, stats.segments), (32 << 10, 1));
+/// assert_eq!(stats.in_runs, 12 << 10);
+/// assert!(stats.in_use >= stats.in_runs && stats.committed >= stats.in_use);
+/// drop(token);
+/// assert_eq!(arena.stats().in_use, 0);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -48,6 +79,17 @@ pub struct Stats {
 }
 
 /// A broken arena invariant, found by [`SecretArena::check_invariants`].
+///
+/// # Examples
+///
+/// ```
+/// let arena = secret_arena::SecretArena::new(16 << 10)?;
+/// // SAFETY: no other thread uses the arena during the check.
+/// if let Err(e) = unsafe { arena.check_invariants() } {
+///     panic!("{} (segment {}, page {}, detail {})", e.what, e.segment, e.page, e.detail);
+/// }
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvariantError {
     /// Which invariant.

@@ -9,6 +9,21 @@ use rustix::thread::{CapabilitySet, capabilities};
 use crate::error::{Errno, Error};
 
 /// This process's `RLIMIT_MEMLOCK` budget, as [`memlock_budget`] reads it.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{SecretArena, memlock_budget};
+///
+/// // An arena of 256 KiB, or smaller where the budget is smaller.
+/// let budget = memlock_budget();
+/// let capacity = budget.available().map_or(256 << 10, |left| left.min(256 << 10));
+/// if capacity >= 4096 {
+///     let arena = SecretArena::new(capacity)?;
+///     assert!(budget.cap_ipc_lock || budget.limit.is_none() || arena.capacity() <= budget.limit.unwrap());
+/// }
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemlockBudget {
@@ -25,6 +40,18 @@ pub struct MemlockBudget {
 impl MemlockBudget {
     /// Bytes that may still be locked, or `None` when there is no limit
     /// (unlimited rlimit or `CAP_IPC_LOCK`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let before = secret_arena::memlock_budget();
+    /// let arena = secret_arena::SecretArena::new(16 << 10)?;
+    /// if let (Some(was), Some(now)) = (before.available(), secret_arena::memlock_budget().available()) {
+    ///     assert_eq!(was - now, 16 << 10); // the whole segment is charged when it is mapped
+    /// }
+    /// # drop(arena);
+    /// # Ok::<(), secret_arena::Error>(())
+    /// ```
     pub fn available(&self) -> Option<usize> {
         if self.cap_ipc_lock {
             return None;

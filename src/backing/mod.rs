@@ -39,6 +39,18 @@ use crate::error::{Errno, Error, Step};
 pub use budget::{MemlockBudget, memlock_budget};
 
 /// Which kind of memory backs an arena.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{Backing, SecretArena};
+///
+/// let arena = SecretArena::new(16 << 10)?;
+/// if arena.backing() != Backing::MemfdSecret {
+///     eprintln!("warning: secrets are only locked here, not hidden from the kernel");
+/// }
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backing {
@@ -53,6 +65,15 @@ pub enum Backing {
 
 impl Backing {
     /// A short human-readable name, as `probe` prints it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use secret_arena::Backing;
+    ///
+    /// assert!(Backing::MemfdSecret.describe().starts_with("memfd_secret"));
+    /// assert!(Backing::MlockedMemfd.describe().contains("readable by the kernel"));
+    /// ```
     pub fn describe(self) -> &'static str {
         match self {
             Backing::MemfdSecret => "memfd_secret (removed from the kernel's direct map)",
@@ -62,6 +83,18 @@ impl Backing {
 }
 
 /// Which backing an arena may use, chosen when it is built.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{Backing, BackingPolicy, SecretArena};
+///
+/// // The fallback, on purpose: e.g. to compare the two backings.
+/// let arena = SecretArena::builder().capacity(8 << 10).policy(BackingPolicy::ForceFallback).build()?;
+/// assert_eq!(arena.backing(), Backing::MlockedMemfd);
+/// assert_eq!(BackingPolicy::default(), BackingPolicy::PreferSecret);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BackingPolicy {

@@ -7,6 +7,8 @@
 //!   [`CASE_VAR`] and runs only that test (`--exact`).
 //! - [`arena`] builds an arena of a given [`Kind`], or skips (with a printed
 //!   reason) where the kernel has no `memfd_secret`.
+//! - [`budget`] takes this test binary's turn at the `RLIMIT_MEMLOCK`
+//!   budget and sizes arenas to it, so the suite runs as a normal user.
 //! - [`vma_containing`] reads `/proc/self/smaps`.
 //! - [`fill_pattern`] writes a secret that is computed, not stored, so it
 //!   never exists anywhere but where it is written.
@@ -16,6 +18,7 @@ use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
@@ -54,8 +57,133 @@ pub fn is_child(case: &str) -> bool {
 
 /// Prints why a test did not check anything, where `cargo test` shows it
 /// even when it captures output.
+/// One `write` per line, so that the line stays whole among libtest's
+/// output and `grep -c '^SKIPPED'` counts the skips.
 pub fn skip(case: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED {case}: {reason}");
+    say(&format!("SKIPPED {case}: {reason}"));
+}
+
+/// Writes `line` to stderr in one piece, on a line of its own.
+pub fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("\n{line}\n").as_bytes());
+}
+
+// ----- the memlock budget -----
+
+/// Serializes, within one test binary, the tests that map locked memory
+/// while a finite `RLIMIT_MEMLOCK` applies: the budget belongs to the whole
+/// process, so tests that run in parallel threads would otherwise take each
+/// other's share and fail for no fault of the arena.
+static BUDGET_TURN: Mutex<()> = Mutex::new(());
+
+/// A test's turn at the process's memlock budget; see [`budget`].
+///
+/// Declare it before the arenas it sizes, so that it is dropped after them.
+pub struct Budget {
+    _turn: Option<MutexGuard<'static, ()>>,
+    available: Option<usize>,
+}
+
+/// Waits for this test's turn at the memlock budget (only when a finite
+/// limit applies: with `CAP_IPC_LOCK` or an unlimited rlimit the tests run
+/// in parallel) and reads what is left of it.
+pub fn budget() -> Budget {
+    let turn =
+        secret_arena::memlock_budget().available().map(|_| BUDGET_TURN.lock().unwrap_or_else(PoisonError::into_inner));
+    Budget { _turn: turn, available: secret_arena::memlock_budget().available() }
+}
+
+impl Budget {
+    /// Bytes that may still be locked; `None` when no limit applies.
+    pub fn available(&self) -> Option<usize> {
+        self.available
+    }
+
+    /// `wanted` bytes, or as many whole pages of it as the budget leaves.
+    pub fn fit(&self, wanted: usize) -> usize {
+        match self.available {
+            None => wanted,
+            Some(avail) => wanted.min(avail & !(page_size() - 1)),
+        }
+    }
+
+    /// Whether `needed` bytes of locked memory are left; if not, says why
+    /// `case` skips.
+    pub fn allows(&self, case: &str, needed: usize) -> bool {
+        match self.available {
+            Some(avail) if avail < needed => {
+                skip(case, &format!("needs {} of locked memory, RLIMIT_MEMLOCK leaves {}", kib(needed), kib(avail)));
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The largest `RLIMIT_MEMLOCK`, up to `wanted`, that [`Sandbox::memlock_limit`]
+/// can give a child: a process without `CAP_SYS_RESOURCE` cannot raise its
+/// hard limit, and children inherit it.
+pub fn settable_memlock(wanted: usize) -> usize {
+    use rustix::thread::{CapabilitySet, capabilities};
+    let raise = capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE));
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Memlock).maximum;
+    match hard {
+        Some(hard) if !raise => wanted.min(usize::try_from(hard).unwrap_or(usize::MAX)),
+        _ => wanted,
+    }
+}
+
+/// Whether the calling test, which uses the process-wide arena, runs in this
+/// process. Where a memlock limit applies, it runs in a child of its own
+/// instead (and this returns `false` once the child passed): the
+/// process-wide arena lives as long as its process and would keep its share
+/// of the budget from every test that runs after it.
+pub fn runs_here_with_global(case: &str) -> bool {
+    if is_child(case) || secret_arena::memlock_budget().available().is_none() {
+        return true;
+    }
+    assert_child_passed(&Sandbox::new(case).run());
+    false
+}
+
+/// A byte count for messages.
+pub fn kib(bytes: usize) -> String {
+    if bytes % 1024 == 0 { format!("{} KiB", bytes / 1024) } else { format!("{bytes} bytes") }
+}
+
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+// ----- sanitizers -----
+
+/// `ASAN_OPTIONS` for the re-executed children, some of which are meant to
+/// fault or dump core: ASan's own SIGSEGV handler would turn the kernel's
+/// SIGSEGV into exit code 1, and ASan sets `RLIMIT_CORE` to 0 at start-up
+/// unless told not to. Set for every child, built with ASan or not (a binary
+/// without it ignores the variable): ASan's runtime exports no symbol that
+/// `dlsym` could find, so detecting it would be guesswork, and a child's
+/// fault must never be misreported.
+pub fn asan_options_for_children() -> String {
+    let mut opts = std::env::var("ASAN_OPTIONS").unwrap_or_default();
+    for opt in ["handle_segv=0", "handle_sigbus=0", "disable_coredump=0"] {
+        if !opts.is_empty() {
+            opts.push(':');
+        }
+        opts.push_str(opt);
+    }
+    opts
+}
+
+/// Gives `signal` its default action in this process: a forked child of an
+/// ASan binary inherits ASan's handler, which reports a fault as exit code 1
+/// instead of dying by the signal the kernel sent. Async-signal-safe.
+pub fn default_signal_action(signal: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
+    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Which backing a test wants.
@@ -91,12 +219,13 @@ impl Kind {
     }
 }
 
-/// An arena of `capacity` bytes and the given kind; `None` (after printing
-/// why) where the kernel gives no `memfd_secret` and `kind` is `Secret`.
+/// An arena of the given kind, of `capacity` bytes or as many as `budget`
+/// leaves; `None` (after printing why) where the kernel gives no
+/// `memfd_secret` and `kind` is `Secret`.
 ///
 /// Only `ENOSYS` and `EPERM` count as "not here"; any other error fails.
-pub fn arena(case: &str, kind: Kind, capacity: usize) -> Option<SecretArena> {
-    match SecretArena::builder().capacity(capacity).policy(kind.policy()).build() {
+pub fn arena(case: &str, budget: &Budget, kind: Kind, capacity: usize) -> Option<SecretArena> {
+    match SecretArena::builder().capacity(budget.fit(capacity)).policy(kind.policy()).build() {
         Ok(a) => {
             assert_eq!(a.backing(), kind.backing(), "{case}: wrong backing");
             Some(a)
@@ -305,6 +434,7 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd.env("ASAN_OPTIONS", asan_options_for_children());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -354,7 +484,7 @@ impl Sandbox {
 /// Passes a child's "SKIPPED" lines on to where `cargo test` shows them.
 pub fn relay_skips(child_stderr: &[u8]) {
     for line in String::from_utf8_lossy(child_stderr).lines().filter(|l| l.starts_with("SKIPPED ")) {
-        let _ = writeln!(std::io::stderr(), "\n{line}");
+        say(line);
     }
 }
 

@@ -278,40 +278,89 @@ fn failed(size: usize, error: Option<Error>, arena: Option<&SecretArena>) -> *mu
     core::ptr::null_mut()
 }
 
-/// Why the heap could not grow, with what to do about it.
+/// Why the heap could not grow, with what to do about it. Formats without
+/// allocating: no `Errno` or `Error` `Display` (std's error text allocates).
 struct Cause<'a>(Option<Error>, Option<&'a SecretArena>);
+
+const LIMIT_ADVICE: &str = "raise the limit with `ulimit -l` or LimitMEMLOCK= in a systemd unit, or grant CAP_IPC_LOCK";
 
 impl core::fmt::Display for Cause<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.0 {
+            Some(Error::MemlockBudget { requested, available, limit, errno }) => {
+                write!(f, "secret memory needs {} of locked memory", Bytes(requested))?;
+                if let (Some(avail), Some(limit)) = (available, limit) {
+                    write!(f, " but only {} is left under RLIMIT_MEMLOCK ({} in all)", Bytes(avail), Bytes(limit))?;
+                }
+                write!(f, " ({}); {LIMIT_ADVICE}", ErrnoName(errno))
+            }
             Some(Error::Syscall { step: Step::MemfdSecret | Step::MemfdCreate, errno })
                 if errno == Errno::MFILE || errno == Errno::NFILE =>
             {
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-                write!(f, "no file descriptor for a new segment ({errno}")?;
-                match limit {
-                    Some(n) if errno == Errno::MFILE => write!(f, ", RLIMIT_NOFILE is {n}")?,
-                    _ => {}
+                write!(f, "no file descriptor left for secret memory ({}", ErrnoName(errno))?;
+                if errno == Errno::MFILE {
+                    if let Some(n) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+                        write!(f, ", RLIMIT_NOFILE is {n}")?;
+                    }
                 }
-                write!(f, "); raise the limit with `ulimit -n` or LimitNOFILE= in a systemd unit, or close descriptors")
+                write!(f, "); raise it with `ulimit -n` or LimitNOFILE= in a systemd unit, or close descriptors")
             }
             Some(Error::Syscall { step: Step::MemfdSecret, errno }) => write!(
                 f,
-                "memfd_secret(2) failed ({errno}), and only ENOSYS or EPERM fall back to an mlocked memfd; \
-                 secret memory needs Linux 5.14+ with secretmem enabled (on by default since 6.5, else boot \
-                 with secretmem.enable=1)"
+                "memfd_secret(2) failed ({}), and only ENOSYS or EPERM fall back to an mlocked memfd; \
+                 secret memory needs Linux 5.14+ with secretmem enabled (on by default since 6.5, else \
+                 boot with secretmem.enable=1)",
+                ErrnoName(errno)
             ),
-            Some(e) => write!(f, "{e}"),
-            None => match self.1 {
-                Some(a) => write!(
+            Some(Error::Syscall { step, errno }) => write!(f, "step {step:?} failed ({})", ErrnoName(errno)),
+            Some(Error::SecretMemoryUnavailable { errno }) => {
+                write!(f, "memfd_secret(2) is not available ({})", ErrnoName(errno))
+            }
+            Some(Error::InvalidCapacity { requested }) => write!(f, "a segment of {requested} bytes cannot be mapped"),
+            None => {
+                let Some(arena) = self.1 else { return write!(f, "unknown cause") };
+                write!(
                     f,
-                    "the heap is at its growth limit ({} in {} segments)",
-                    Bytes(a.capacity()),
-                    a.stats().segments
-                ),
-                None => write!(f, "unknown cause"),
-            },
+                    "the heap holds {} of its limit of {}",
+                    Bytes(arena.capacity()),
+                    Bytes(arena.max_capacity())
+                )?;
+                let budget = crate::backing::memlock_budget();
+                match (budget.available(), budget.limit) {
+                    (Some(avail), Some(limit)) => write!(
+                        f,
+                        ", set by RLIMIT_MEMLOCK ({} in all, {} left); {LIMIT_ADVICE}",
+                        Bytes(limit),
+                        Bytes(avail)
+                    ),
+                    _ => Ok(()),
+                }
+            }
         }
+    }
+}
+
+/// An errno as its symbolic name and number, formatted without allocating.
+pub(crate) struct ErrnoName(pub Errno);
+
+impl core::fmt::Display for ErrnoName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const NAMES: [(Errno, &str); 12] = [
+            (Errno::AGAIN, "EAGAIN"),
+            (Errno::NOMEM, "ENOMEM"),
+            (Errno::ACCESS, "EACCES"),
+            (Errno::INVAL, "EINVAL"),
+            (Errno::PERM, "EPERM"),
+            (Errno::NOSYS, "ENOSYS"),
+            (Errno::MFILE, "EMFILE"),
+            (Errno::NFILE, "ENFILE"),
+            (Errno::NOSPC, "ENOSPC"),
+            (Errno::FAULT, "EFAULT"),
+            (Errno::BADF, "EBADF"),
+            (Errno::EXIST, "EEXIST"),
+        ];
+        let name = NAMES.iter().find(|(e, _)| *e == self.0).map_or("errno", |(_, n)| n);
+        write!(f, "{name} {}", self.0.raw_os_error())
     }
 }
 

@@ -207,7 +207,8 @@ extern "C" fn child() {
             // The child must not run with a writable view of the parent's
             // heap; nothing else is safe here.
             crate::alloc_api::fatal_line(format_args!(
-                "secret-arena: fork child: mprotect(PROT_READ) of the inherited heap failed ({errno})"
+                "secret-arena: fork child: mprotect(PROT_READ) of the inherited heap failed ({})",
+                crate::alloc_api::ErrnoName(errno)
             ));
         }
     }

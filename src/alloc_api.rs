@@ -113,7 +113,7 @@ fn resize_or_panic(r: Result<Option<NonNull<[u8]>>, Misuse>) -> Result<NonNull<[
 }
 
 /// A `#[global_allocator]` that puts every heap allocation of the program in
-/// the process-wide secret arena ([`global()`](crate::global())).
+/// secret memory.
 ///
 /// The arena is created on the first allocation, grows by segments up to the
 /// memlock budget, and returns null (so the program sees an allocation
@@ -123,8 +123,9 @@ fn resize_or_panic(r: Result<Option<NonNull<[u8]>>, Misuse>) -> Result<NonNull<[
 /// A double free or a foreign pointer aborts the process with a message on
 /// stderr: a global allocator must not unwind.
 ///
-/// It has an arena of its own (the *heap*), separate from [`global()`]
-/// (crate::global()) and `SecretBox`'s [`DefaultArena`](crate::DefaultArena):
+/// It has an arena of its own (the *heap*, see [`SecretGlobalAlloc::arena`]),
+/// separate from [`global()`](crate::global()) and `SecretBox`'s
+/// [`DefaultArena`](crate::DefaultArena):
 ///
 /// - **fork and exec work**: every `std::process::Command` path
 ///   (`posix_spawn`, `.uid()`, `.gid()`, `.pre_exec()`, `.env("PATH", …)`,

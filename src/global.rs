@@ -50,11 +50,16 @@ static INIT: Mutex<()> = Mutex::new(());
 /// The process-wide default arena, created on first use.
 ///
 /// It is created lazily because while any secret-memory file exists, the
-/// kernel refuses to hibernate the system. It starts at
-/// [`GLOBAL_INITIAL_CAPACITY`] and grows by segments up to what
-/// `RLIMIT_MEMLOCK` leaves free when it is created (or
-/// [`GLOBAL_UNLIMITED_MAX`] where no limit applies). It prefers
+/// kernel refuses to hibernate the system. Its first segment is
+/// [`GLOBAL_INITIAL_CAPACITY`] or a quarter of what `RLIMIT_MEMLOCK` leaves
+/// free, whichever is smaller, so that explicit arenas still fit; it grows
+/// by segments on demand up to what the limit leaves free when it is created
+/// (or [`GLOBAL_UNLIMITED_MAX`] where no limit applies). It prefers
 /// `memfd_secret` and falls back to an mlocked memfd.
+///
+/// It is `MADV_DONTFORK`: a `fork(2)` child has no mapping there, and using
+/// it in the child aborts with one line on stderr. It is not the arena of
+/// [`SecretGlobalAlloc`](crate::SecretGlobalAlloc), which has its own.
 ///
 /// A failed creation is not remembered: the next call tries again.
 ///

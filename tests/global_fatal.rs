@@ -79,7 +79,7 @@ fn child(case: &[u8]) {
             println!("recovered");
         }
         b"memfd_secret_errors_name_the_kernel_setting" => {
-            let v = vec![1u8; 10];
+            let v = Box::new([1u8; 10]);
             println!("allocated {} bytes without memfd_secret", v.len());
         }
         b"fd_limit_names_rlimit_nofile" => fd_limit_child(),
@@ -118,8 +118,8 @@ fn fd_limit_child() {
         println!("allocated {b} with a full fd table");
     } else {
         let v: Vec<u8> = Vec::with_capacity(64 << 20);
-        // SAFETY: stdout is fd 1, already open.
         let msg = b"HEAP-EXISTED grew 64 MiB with a full fd table\n";
+        // SAFETY: stdout is fd 1, already open; `msg` is readable.
         unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
         drop(v);
     }
@@ -224,14 +224,14 @@ fn forked_child_line_without_allocating() {
     let mut fds = [0; 2];
     // SAFETY: valid out-array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let v = vec![0u8; 100];
+    let v = Box::new([0u8; 100]);
     // SAFETY: the child makes raw calls, then allocates, which aborts.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: descriptor calls only.
         unsafe { libc::dup2(fds[1], 2) };
         let _ = common::no_core_dumps();
-        let w = vec![1u8; 10];
+        let w = Box::new([1u8; 10]);
         // SAFETY: not reached when the allocation aborts.
         unsafe { libc::_exit(i32::from(w[0]) + v.len() as i32) };
     }

@@ -501,3 +501,40 @@ fn no_child_hangs_when_forking_during_allocation() {
     assert!(other.is_empty(), "{other:?}");
     assert_eq!(aborted, n);
 }
+
+// ----- zero-copy I/O -----
+
+/// `vmsplice` pins the pages it is given; secret memory cannot be pinned,
+/// so zero-copy I/O from a heap buffer fails with `EFAULT` (the
+/// documented consequence of putting the heap in secret memory).
+#[test]
+fn zero_copy_io_from_heap_is_efault() {
+    let buf = vec![0x61u8; 4096];
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let iov = libc::iovec { iov_base: buf.as_ptr().cast_mut().cast(), iov_len: buf.len() };
+    // SAFETY: `iov` describes `buf`, alive across the call; the fd is ours.
+    let n = unsafe { libc::vmsplice(fds[1], &iov, 1, 0) };
+    let err = errno();
+    // SAFETY: ours.
+    unsafe { (libc::close(fds[0]), libc::close(fds[1])) };
+    match heap().backing() {
+        secret_arena::Backing::MemfdSecret => {
+            assert_eq!((n, err), (-1, libc::EFAULT), "vmsplice from a secret heap buffer")
+        }
+        _ => assert_eq!(n, 4096, "vmsplice from the fallback heap (the control): errno {err}"),
+    }
+}
+
+/// The flags behind all of the above, as the kernel shows them: the heap is
+/// shared and inherited (no `dc`), `global()` is `MADV_DONTFORK` (`dc`).
+#[test]
+fn heap_is_inherited_and_default_arena_is_not() {
+    let on_heap = Box::new([1u8; 64]);
+    let secret = SecretBox::new([2u8; 64]);
+    let heap_vma = common::vma_containing(on_heap.as_ptr() as usize).expect("heap mapped");
+    let default_vma = common::vma_containing(secret.expose_secret().as_ptr() as usize).expect("global() mapped");
+    assert!(heap_vma.has_flag("sh") && !heap_vma.has_flag("dc"), "heap: {heap_vma:?}");
+    assert!(default_vma.has_flag("sh") && default_vma.has_flag("dc"), "global(): {default_vma:?}");
+}

@@ -17,16 +17,94 @@ use std::ffi::CString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use secret_arena::{ExposeSecret, SecretBox, SecretGlobalAlloc};
 
 #[global_allocator]
-static ALLOC: SecretGlobalAlloc = SecretGlobalAlloc::new();
+static ALLOC: Gate = Gate(AtomicU8::new(UNDECIDED));
 
 /// Spawns per path in `cargo test`; the long run (`--ignored`) does 1,000.
 const CI_SPAWNS: usize = 100;
+
+/// Least memlock budget that libtest, the churn threads and the children
+/// need on `SecretGlobalAlloc`.
+const NEEDED: usize = 4 << 20;
+
+/// `SecretGlobalAlloc`, unless the memlock budget is too small for this
+/// test binary to run on it at all (a normal user at 64 KiB): then `System`,
+/// and every test prints `SKIPPED`. Decided once, by the first allocation,
+/// so every block is freed by the allocator that made it.
+struct Gate(AtomicU8);
+
+const UNDECIDED: u8 = 0;
+const SECRET: u8 = 1;
+const SYSTEM: u8 = 2;
+
+impl Gate {
+    fn secret(&self) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            UNDECIDED => {
+                // Reads /proc/self/status into a stack buffer: no allocation.
+                let enough = secret_arena::memlock_budget().available().is_none_or(|a| a >= NEEDED);
+                let _ = self.0.compare_exchange(
+                    UNDECIDED,
+                    if enough { SECRET } else { SYSTEM },
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                self.0.load(Ordering::Relaxed) == SECRET
+            }
+            d => d == SECRET,
+        }
+    }
+}
+
+// SAFETY: every call goes to the one allocator chosen before the first
+// block was handed out, which made every block this one is given.
+unsafe impl std::alloc::GlobalAlloc for Gate {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed through.
+        unsafe { if self.secret() { SecretGlobalAlloc::new().alloc(layout) } else { std::alloc::System.alloc(layout) } }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe {
+            if self.secret() {
+                SecretGlobalAlloc::new().dealloc(ptr, layout)
+            } else {
+                std::alloc::System.dealloc(ptr, layout)
+            }
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: as above.
+        unsafe {
+            if self.secret() {
+                SecretGlobalAlloc::new().realloc(ptr, layout, new)
+            } else {
+                std::alloc::System.realloc(ptr, layout, new)
+            }
+        }
+    }
+}
+
+/// Whether this binary runs on `SecretGlobalAlloc`; if not, says so.
+fn on_secret_heap(case: &str) -> bool {
+    if ALLOC.secret() {
+        return true;
+    }
+    let budget = secret_arena::memlock_budget();
+    common::skip(
+        case,
+        &format!(
+            "a memlock budget of {:?} bytes is too small to run libtest on SecretGlobalAlloc (needs {NEEDED})",
+            budget.available()
+        ),
+    );
+    false
+}
 
 fn heap() -> &'static secret_arena::SecretArena {
     SecretGlobalAlloc::arena().expect("the heap exists once anything allocated")
@@ -42,6 +120,12 @@ struct Churn {
 
 impl Churn {
     fn start(n: usize) -> Churn {
+        // Live bytes stay under a quarter of the memlock budget (64 slots of
+        // up to `cap` bytes per thread), so the churn itself never runs the
+        // heap out at 8 MiB; without a limit, blocks go up to 64 KiB.
+        const SLOTS: usize = 64;
+        let cap =
+            secret_arena::memlock_budget().available().map_or(65_536, |a| (a / 4 / (SLOTS * n)).clamp(64, 65_536));
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..n)
             .map(|t| {
@@ -50,14 +134,14 @@ impl Churn {
                     let mut live: Vec<Vec<u8>> = Vec::new();
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        // Sizes from 1 B to 64 KiB: chunks of every class,
+                        // Sizes from 1 B to `cap`: chunks of every class,
                         // page runs, and now and then growth.
-                        let len = 1 + ((i.wrapping_mul(0x9E37_79B9) >> 7) % 65_536) as usize;
+                        let len = 1 + ((i.wrapping_mul(0x9E37_79B9) >> 7) as usize % cap);
                         let v = vec![t as u8 ^ i as u8; len >> (i % 7)];
-                        if live.len() < 256 {
+                        if live.len() < SLOTS {
                             live.push(v);
                         } else {
-                            live[(i % 256) as usize] = v;
+                            live[i as usize % SLOTS] = v;
                         }
                         i += 1;
                     }
@@ -161,6 +245,9 @@ fn spawn_every_path(n: usize) {
 
 #[test]
 fn every_command_path_spawns() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     spawn_every_path(CI_SPAWNS);
 }
 
@@ -168,11 +255,17 @@ fn every_command_path_spawns() {
 #[test]
 #[ignore = "long: 6,000 spawns; run with --ignored"]
 fn every_command_path_spawns_1000() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     spawn_every_path(1000);
 }
 
 #[test]
 fn fork_then_execv_with_heap_argv() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     // argv and its strings are on the heap, built before the fork.
     let strings: Vec<CString> = ["/bin/sh", "-c", "exit 7"].iter().map(|s| CString::new(*s).unwrap()).collect();
     let mut argv: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
@@ -358,6 +451,9 @@ fn reserved(addr: usize) -> bool {
 /// its first allocation aborts with one line naming fork.
 #[test]
 fn child_without_exec_heap_is_read_only_and_reserved_then_allocation_aborts() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let block = vec![0xC3u8; 1000];
     let addr = block.as_ptr() as usize;
     assert!(heap().contains(block.as_ptr()));
@@ -391,6 +487,9 @@ fn child_without_exec_heap_is_read_only_and_reserved_then_allocation_aborts() {
 /// realloc too.
 #[test]
 fn child_free_and_realloc_abort() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let boxed = Box::new([0x11u8; 64]);
     let child = in_fork(move || {
         drop(boxed);
@@ -409,6 +508,9 @@ fn child_free_and_realloc_abort() {
 /// write must fault, never reach the parent.
 #[test]
 fn child_write_into_heap_faults_and_parent_keeps_its_bytes() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let block = vec![0x3Cu8; 4096];
     let addr = block.as_ptr() as usize;
     let child = in_fork(|| {
@@ -429,6 +531,9 @@ fn child_write_into_heap_faults_and_parent_keeps_its_bytes() {
 /// one aborts with the fork line instead of hanging or aliasing.
 #[test]
 fn secret_box_stays_unreadable_in_child() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let secret = SecretBox::new([0x77u8; 32]);
     let addr = secret.expose_secret().as_ptr() as usize;
     assert!(!heap().contains(addr as *const u8), "a SecretBox must not live on the heap");
@@ -493,6 +598,9 @@ fn fork_while_allocating(n: usize) -> (usize, usize, Vec<String>) {
 /// ends within 5 s (here: aborting with the fork line on its allocation).
 #[test]
 fn no_child_hangs_when_forking_during_allocation() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let n = 200;
     let t = Instant::now();
     let (hung, aborted, other) = fork_while_allocating(n);
@@ -509,6 +617,9 @@ fn no_child_hangs_when_forking_during_allocation() {
 /// documented consequence of putting the heap in secret memory).
 #[test]
 fn zero_copy_io_from_heap_is_efault() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let buf = vec![0x61u8; 4096];
     let mut fds = [0; 2];
     // SAFETY: valid out-array.
@@ -531,6 +642,9 @@ fn zero_copy_io_from_heap_is_efault() {
 /// shared and inherited (no `dc`), `global()` is `MADV_DONTFORK` (`dc`).
 #[test]
 fn heap_is_inherited_and_default_arena_is_not() {
+    if !on_secret_heap(this_test!()) {
+        return;
+    }
     let on_heap = Box::new([1u8; 64]);
     let secret = SecretBox::new([2u8; 64]);
     let heap_vma = common::vma_containing(on_heap.as_ptr() as usize).expect("heap mapped");

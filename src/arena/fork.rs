@@ -93,7 +93,8 @@ impl Lineage {
         self.fork
     }
 
-    /// Whether the arena was built before a `fork` that made this process.
+    /// Whether the arena was built before a `fork` that made this process:
+    /// a load of a static that no thread writes, and a compare.
     #[inline]
     pub(crate) fn inherited(self) -> bool {
         self.generation != generation()

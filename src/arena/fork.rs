@@ -179,7 +179,17 @@ impl SecretArena {
                     MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
                 )
             };
-            result = result.and(r.map(drop));
+            let r = match r {
+                // Kernels before 4.17 (and valgrind) take the flag as a mere
+                // hint and may map elsewhere: undo that, it reserves nothing.
+                Ok(p) if p as usize != start => {
+                    // SAFETY: the mapping just made, which nothing refers to.
+                    let _ = unsafe { mm::munmap(p, len + 2 * guard) };
+                    Err(rustix::io::Errno::EXIST)
+                }
+                other => other.map(drop),
+            };
+            result = result.and(r);
         }
         result
     }

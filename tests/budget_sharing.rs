@@ -38,7 +38,12 @@ fn shared(case: &str, limit: usize) {
         boxes.push(b);
         assert!(boxes.len() <= limit / 1024, "more than the budget");
     }
-    println!("global() grew to {} of {limit} ({} KiB blocks)", global.capacity(), boxes.len());
+    println!(
+        "global() grew to {} of {limit} in {} segments ({} KiB blocks)",
+        global.capacity(),
+        global.stats().segments,
+        boxes.len()
+    );
     assert!(global.capacity() > limit / 2, "global() stopped growing at {}", global.capacity());
     assert_eq!(secret.expose_secret()[0], 0x42);
 }

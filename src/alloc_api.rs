@@ -4,9 +4,12 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::fmt::Write as _;
 use core::ptr::NonNull;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::arena::{Misuse, SecretArena};
+use crate::error::{Bytes, Errno, Error, Step};
 use crate::global;
 
 // SAFETY: (the Allocator contract)
@@ -21,9 +24,12 @@ use crate::global;
 //   the block is found from the pointer, and a size up to the returned
 //   length is accepted.
 // - Zero-size requests get an aligned dangling pointer that is never freed.
+// - In a fork child, an arena created before the fork is refused (abort)
+//   before any lock is taken: its memory is not the child's.
 unsafe impl Allocator for SecretArena {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        refuse_if_inherited(self);
         self.alloc_block(layout).ok_or(AllocError)
     }
 
@@ -43,6 +49,7 @@ unsafe impl Allocator for SecretArena {
     /// the arena can recover from silently.
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        refuse_if_inherited(self);
         if let Err(misuse) = self.free_block(ptr, layout) {
             panic!("{misuse}");
         }
@@ -50,12 +57,14 @@ unsafe impl Allocator for SecretArena {
 
     unsafe fn grow(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() >= old.size(), "grow to {} from {}", new.size(), old.size());
+        refuse_if_inherited(self);
         // SAFETY: the caller's contract for `grow` is the one `resize_block` needs.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, false) })
     }
 
     unsafe fn grow_zeroed(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() >= old.size(), "grow to {} from {}", new.size(), old.size());
+        refuse_if_inherited(self);
         // SAFETY: as in `grow`.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, true) })
     }
@@ -64,9 +73,36 @@ unsafe impl Allocator for SecretArena {
     /// tail), else moves to a smaller block and wipes the old one.
     unsafe fn shrink(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() <= old.size(), "shrink to {} from {}", new.size(), old.size());
+        refuse_if_inherited(self);
         // SAFETY: as in `grow`.
         resize_or_panic(unsafe { self.resize_block(ptr, old, new, false) })
     }
+}
+
+/// Aborts, with one line on stderr, when `arena` was created before a
+/// `fork` that made this process: its memory is a hole here (or the parent's
+/// read-only heap), and its locks may be held by threads that do not exist
+/// in the child. Checked before any lock is taken, so a child never hangs.
+#[inline]
+fn refuse_if_inherited(arena: &SecretArena) {
+    if arena.is_inherited() {
+        forked_child_abort(false);
+    }
+}
+
+#[cold]
+fn forked_child_abort(heap: bool) -> ! {
+    if heap {
+        fatal_line(format_args!(
+            "secret-arena: SecretGlobalAlloc used in a fork(2) child that has not called exec: the heap is the \
+             parent's, read-only here; between fork and exec call only async-signal-safe functions (as \
+             std::process::Command does), exec a program, or fork before installing secrets; aborting"
+        ))
+    }
+    fatal_line(format_args!(
+        "secret-arena: an arena created before fork(2) was used in the child: its memory is not inherited \
+         (MADV_DONTFORK); create a new arena in the child, or exec; aborting"
+    ))
 }
 
 fn resize_or_panic(r: Result<Option<NonNull<[u8]>>, Misuse>) -> Result<NonNull<[u8]>, AllocError> {
@@ -77,7 +113,7 @@ fn resize_or_panic(r: Result<Option<NonNull<[u8]>>, Misuse>) -> Result<NonNull<[
 }
 
 /// A `#[global_allocator]` that puts every heap allocation of the program in
-/// the process-wide secret arena ([`global()`](crate::global())).
+/// secret memory.
 ///
 /// The arena is created on the first allocation, grows by segments up to the
 /// memlock budget, and returns null (so the program sees an allocation
@@ -87,9 +123,27 @@ fn resize_or_panic(r: Result<Option<NonNull<[u8]>>, Misuse>) -> Result<NonNull<[
 /// A double free or a foreign pointer aborts the process with a message on
 /// stderr: a global allocator must not unwind.
 ///
-/// Note that a child created by `fork(2)` does not inherit the arena, so it
-/// cannot allocate; `exec` right after `fork` (as `std::process::Command`
-/// does) is fine.
+/// It has an arena of its own (the *heap*, see [`SecretGlobalAlloc::arena`]),
+/// separate from [`global()`](crate::global()) and `SecretBox`'s
+/// [`DefaultArena`](crate::DefaultArena):
+///
+/// - **fork and exec work**: every `std::process::Command` path
+///   (`posix_spawn`, `.uid()`, `.gid()`, `.pre_exec()`, `.env("PATH", …)`,
+///   `.current_dir()`) and a hand-written `fork()` + `execv()` with argv on
+///   the heap. The heap is inherited by a fork child, and made read-only
+///   there by a `pthread_atfork` child handler.
+/// - **a child that goes on without exec** can read the parent's heap
+///   (including what the parent writes there later, until the child execs or
+///   exits), cannot write it (a write is SIGSEGV), and its first call into
+///   the allocator aborts with one line on stderr naming fork. It cannot see
+///   `SecretBox`es or explicit arenas at all.
+/// - **zero-copy I/O into heap buffers fails**: `O_DIRECT` reads and writes,
+///   `vmsplice` and anything else that pins user pages get `EFAULT` on
+///   `memfd_secret` memory. Use an ordinary buffer for them.
+/// - **every fatal condition says why** on one line of stderr, before std's
+///   `memory allocation of N bytes failed`: the memlock limit (with `ulimit
+///   -l`, `LimitMEMLOCK=`, `CAP_IPC_LOCK`), `memfd_secret` failing, the fd
+///   limit, or use in a fork child.
 ///
 /// # Examples
 ///
@@ -129,13 +183,22 @@ impl SecretGlobalAlloc {
 //   `layout.align()`, from the same arena as every other call;
 // - `dealloc` and `realloc` are given blocks from `alloc` with their layout;
 //   the arena checks both and aborts rather than corrupt itself;
-// - nothing here unwinds: misuse aborts.
+// - nothing here unwinds: misuse aborts;
+// - in a fork child, the inherited heap is refused before any lock is taken.
 unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match global::global() {
-            Ok(arena) => arena.alloc_block(layout).map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
-            Err(_) => core::ptr::null_mut(),
+        match global::heap() {
+            Ok(arena) => {
+                if arena.is_inherited() {
+                    forked_child_abort(true);
+                }
+                match arena.alloc_block(layout) {
+                    Some(b) => b.as_ptr().cast(),
+                    None => failed(layout.size(), arena.last_error(), Some(arena)),
+                }
+            }
+            Err(e) => failed(layout.size(), Some(e), None),
         }
     }
 
@@ -149,9 +212,12 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(ptr) = NonNull::new(ptr) else { return };
-        let Some(arena) = global::existing() else {
+        let Some(arena) = global::existing_heap() else {
             abort_with(Misuse::Foreign(ptr.as_ptr() as usize));
         };
+        if arena.is_inherited() {
+            forked_child_abort(true);
+        }
         if let Err(misuse) = arena.free_block(ptr, layout) {
             abort_with(misuse);
         }
@@ -161,35 +227,199 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
         let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
             return core::ptr::null_mut();
         };
-        let (Some(arena), Some(ptr)) = (global::existing(), NonNull::new(ptr)) else {
+        let (Some(arena), Some(ptr)) = (global::existing_heap(), NonNull::new(ptr)) else {
             abort_with(Misuse::Foreign(ptr as usize));
         };
+        if arena.is_inherited() {
+            forked_child_abort(true);
+        }
         // SAFETY: the caller's realloc contract: `ptr` is a live block of
         // `layout` from `alloc`.
         match unsafe { arena.resize_block(ptr, layout, new, false) } {
-            Ok(block) => block.map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
+            Ok(Some(block)) => block.as_ptr().cast(),
+            Ok(None) => failed(new_size, arena.last_error(), Some(arena)),
             Err(misuse) => abort_with(misuse),
         }
+    }
+}
+
+impl SecretGlobalAlloc {
+    /// The arena behind the global allocator, once the first allocation
+    /// created it: for [`contains`](SecretArena::contains),
+    /// [`stats`](SecretArena::stats) and
+    /// [`last_error`](SecretArena::last_error).
+    ///
+    /// It is not [`global()`](crate::global()): `SecretBox` and
+    /// [`DefaultArena`](crate::DefaultArena) use that one, which a fork child
+    /// does not inherit. Keep secrets there, not here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // In a program that does not install it, there is no heap.
+    /// assert!(secret_arena::SecretGlobalAlloc::arena().is_none());
+    /// ```
+    pub fn arena() -> Option<&'static SecretArena> {
+        global::existing_heap()
+    }
+}
+
+/// When the last allocation-failure line was printed (coarse seconds + 1).
+static LAST_REPORT: AtomicU64 = AtomicU64::new(0);
+
+/// The heap could not serve `size` bytes. Prints why on one line of stderr,
+/// at most once a second, then returns null: std's handler then prints its
+/// own `memory allocation of N bytes failed` and aborts, while a caller that
+/// can recover (`try_reserve`) does.
+#[cold]
+fn failed(size: usize, error: Option<Error>, arena: Option<&SecretArena>) -> *mut u8 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; the vDSO call allocates nothing.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let now = ts.tv_sec as u64 + 1;
+    let last = LAST_REPORT.load(Ordering::Relaxed);
+    if last != now && LAST_REPORT.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        print_line(format_args!(
+            "secret-arena: SecretGlobalAlloc cannot allocate {size} bytes: {}",
+            Cause(error, arena)
+        ));
+    }
+    core::ptr::null_mut()
+}
+
+/// Why the heap could not grow, with what to do about it. Formats without
+/// allocating: no `Errno` or `Error` `Display` (std's error text allocates).
+struct Cause<'a>(Option<Error>, Option<&'a SecretArena>);
+
+const LIMIT_ADVICE: &str = "raise the limit with `ulimit -l` or LimitMEMLOCK= in a systemd unit, or grant CAP_IPC_LOCK";
+
+impl core::fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(Error::MemlockBudget { requested, available, limit, errno }) => {
+                write!(f, "secret memory needs {} of locked memory", Bytes(requested))?;
+                if let (Some(avail), Some(limit)) = (available, limit) {
+                    write!(f, " but only {} is left under RLIMIT_MEMLOCK ({} in all)", Bytes(avail), Bytes(limit))?;
+                }
+                write!(f, " ({}); {LIMIT_ADVICE}", ErrnoName(errno))
+            }
+            Some(Error::Syscall { step: Step::MemfdSecret | Step::MemfdCreate, errno })
+                if errno == Errno::MFILE || errno == Errno::NFILE =>
+            {
+                write!(f, "no file descriptor left for secret memory ({}", ErrnoName(errno))?;
+                if errno == Errno::MFILE {
+                    if let Some(n) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+                        write!(f, ", RLIMIT_NOFILE is {n}")?;
+                    }
+                }
+                write!(f, "); raise it with `ulimit -n` or LimitNOFILE= in a systemd unit, or close descriptors")
+            }
+            Some(Error::Syscall { step: Step::MemfdSecret, errno }) => write!(
+                f,
+                "memfd_secret(2) failed ({}), and only ENOSYS or EPERM fall back to an mlocked memfd; \
+                 secret memory needs Linux 5.14+ with secretmem enabled (on by default since 6.5, else \
+                 boot with secretmem.enable=1)",
+                ErrnoName(errno)
+            ),
+            Some(Error::Syscall { step, errno }) => write!(f, "step {step:?} failed ({})", ErrnoName(errno)),
+            Some(Error::SecretMemoryUnavailable { errno }) => {
+                write!(f, "memfd_secret(2) is not available ({})", ErrnoName(errno))
+            }
+            Some(Error::InvalidCapacity { requested }) => write!(f, "a segment of {requested} bytes cannot be mapped"),
+            Some(Error::MappingRegistryFull { slots }) => write!(
+                f,
+                "the process already has {slots} secret-memory segments, as many as purge() can track; \
+                 drop arenas that are no longer needed"
+            ),
+            None => {
+                let Some(arena) = self.1 else { return write!(f, "unknown cause") };
+                write!(
+                    f,
+                    "the heap holds {} of its limit of {}",
+                    Bytes(arena.capacity()),
+                    Bytes(arena.max_capacity())
+                )?;
+                let budget = crate::backing::memlock_budget();
+                match (budget.available(), budget.limit) {
+                    (Some(avail), Some(limit)) => write!(
+                        f,
+                        ", set by RLIMIT_MEMLOCK ({} in all, {} left); {LIMIT_ADVICE}",
+                        Bytes(limit),
+                        Bytes(avail)
+                    ),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// An errno as its symbolic name and number, formatted without allocating.
+pub(crate) struct ErrnoName(pub Errno);
+
+impl core::fmt::Display for ErrnoName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const NAMES: [(Errno, &str); 12] = [
+            (Errno::AGAIN, "EAGAIN"),
+            (Errno::NOMEM, "ENOMEM"),
+            (Errno::ACCESS, "EACCES"),
+            (Errno::INVAL, "EINVAL"),
+            (Errno::PERM, "EPERM"),
+            (Errno::NOSYS, "ENOSYS"),
+            (Errno::MFILE, "EMFILE"),
+            (Errno::NFILE, "ENFILE"),
+            (Errno::NOSPC, "ENOSPC"),
+            (Errno::FAULT, "EFAULT"),
+            (Errno::BADF, "EBADF"),
+            (Errno::EXIST, "EEXIST"),
+        ];
+        let name = NAMES.iter().find(|(e, _)| *e == self.0).map_or("errno", |(_, n)| n);
+        write!(f, "{name} {}", self.0.raw_os_error())
+    }
+}
+
+/// Writes one line to stderr, without allocating.
+pub(crate) fn print_line(args: core::fmt::Arguments<'_>) {
+    let mut out = StackLine { buf: [0; 1024], len: 0 };
+    let _ = out.write_fmt(args);
+    // Always end with a newline, even when the text was cut.
+    let len = out.len.min(out.buf.len() - 1);
+    out.buf[len] = b'\n';
+    let mut rest = &out.buf[..=len];
+    while !rest.is_empty() {
+        match rustix::io::write(rustix::stdio::stderr(), rest) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes one line to stderr without allocating, then aborts.
+#[cold]
+pub(crate) fn fatal_line(args: core::fmt::Arguments<'_>) -> ! {
+    print_line(args);
+    std::process::abort()
+}
+
+/// A line formatted on the stack; text past the buffer is cut.
+struct StackLine {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl core::fmt::Write for StackLine {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
     }
 }
 
 /// Writes the misuse to stderr without allocating, then aborts.
 #[cold]
 fn abort_with(misuse: Misuse) -> ! {
-    struct StackBuf {
-        buf: [u8; 256],
-        len: usize,
-    }
-    impl core::fmt::Write for StackBuf {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            let n = s.len().min(self.buf.len() - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
-            Ok(())
-        }
-    }
-    let mut out = StackBuf { buf: [0; 256], len: 0 };
-    let _ = writeln!(out, "{misuse}; aborting");
-    let _ = rustix::io::write(rustix::stdio::stderr(), &out.buf[..out.len]);
-    std::process::abort()
+    fatal_line(format_args!("{misuse}; aborting"))
 }

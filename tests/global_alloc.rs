@@ -108,7 +108,7 @@ fn share() -> f64 {
 }
 
 fn in_arena<T: ?Sized>(p: *const T) -> bool {
-    secret_arena::global().unwrap().contains(p as *const u8)
+    SecretGlobalAlloc::arena().expect("the heap exists").contains(p as *const u8)
 }
 
 #[test]
@@ -120,8 +120,8 @@ fn heap_allocations_land_in_secret_memory() {
     let v = vec![1u64; 1000];
     let b = Box::new([0u8; 10_000]);
     assert!(in_arena(s.as_ptr()) && in_arena(v.as_ptr()) && in_arena(b.as_ptr()));
-    let arena = secret_arena::global().unwrap();
-    println!("default arena: {:?}", arena);
+    let arena = SecretGlobalAlloc::arena().unwrap();
+    println!("the global allocator's heap: {:?}", arena);
 }
 
 #[test]

@@ -80,7 +80,7 @@ fn step(live: &mut Live, action: &Action) {
 }
 
 fn check(action: Option<&Action>) {
-    let arena = secret_arena::global().expect("the global arena exists after the first alloc");
+    let arena = SecretGlobalAlloc::arena().expect("the heap exists after the first alloc");
     // SAFETY: single-threaded here: nothing else uses the arena during the check.
     if let Err(e) = unsafe { arena.check_invariants() } {
         panic!("after {action:?}: {e}");
@@ -100,6 +100,6 @@ fuzz_target!(|actions: Vec<Action>| {
         unsafe { ALLOC.dealloc(b.ptr.as_ptr(), b.layout) };
     }
     check(None);
-    let in_use = secret_arena::global().expect("exists").stats().in_use;
+    let in_use = SecretGlobalAlloc::arena().expect("exists").stats().in_use;
     assert_eq!(in_use, 0, "the global arena leaks {in_use} bytes after every block was freed");
 });

@@ -32,6 +32,7 @@
 //!    out, before the arena grows.
 
 pub(crate) mod classes;
+pub(crate) mod fork;
 mod resize;
 mod segment;
 pub(crate) mod shard;
@@ -49,7 +50,7 @@ use classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
 use segment::{NO_OWNER, PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, Segment};
 use shard::SHARDS;
 
-use crate::backing::{Backing, BackingPolicy, Mapping, os_page_size};
+use crate::backing::{Backing, BackingPolicy, Fork, Mapping, os_page_size};
 use crate::error::Error;
 use crate::wipe::wipe_chunk;
 
@@ -127,6 +128,8 @@ pub struct SecretArena {
     max_capacity: usize,
     capacity: AtomicUsize,
     last_error: Mutex<Option<Error>>,
+    /// The fork generation it was built in, and what a child inherits.
+    lineage: fork::Lineage,
 }
 
 /// Where a segment's memory and metadata are.
@@ -250,6 +253,7 @@ pub struct SecretArenaBuilder {
     capacity: usize,
     max_capacity: Option<usize>,
     policy: BackingPolicy,
+    fork: Fork,
 }
 
 impl SecretArenaBuilder {
@@ -324,7 +328,7 @@ impl SecretArenaBuilder {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn build(self) -> Result<SecretArena, Error> {
-        let mapping = Mapping::create(self.capacity, self.policy)?;
+        let mapping = Mapping::create(self.capacity, self.policy, self.fork)?;
         let backing = mapping.backing();
         let len = mapping.len();
         let seg = Segment::create(mapping)?;
@@ -357,6 +361,7 @@ impl SecretArenaBuilder {
             max_capacity,
             capacity: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            lineage: fork::Lineage::new(self.fork),
         };
         arena.publish(0, seg);
         Ok(arena)
@@ -395,7 +400,12 @@ impl SecretArena {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn builder() -> SecretArenaBuilder {
-        SecretArenaBuilder { capacity: DEFAULT_CAPACITY, max_capacity: None, policy: BackingPolicy::PreferSecret }
+        SecretArenaBuilder {
+            capacity: DEFAULT_CAPACITY,
+            max_capacity: None,
+            policy: BackingPolicy::PreferSecret,
+            fork: Fork::Hide,
+        }
     }
 
     /// Which backing this arena got.
@@ -671,6 +681,11 @@ impl SecretArena {
 
 impl Drop for SecretArena {
     fn drop(&mut self) {
+        if self.is_inherited() {
+            // A fork child's copy: its memory is not this process's to wipe
+            // or unmap (see `fork`). Leave the ranges reserved.
+            return;
+        }
         for i in 0..self.segment_count() {
             let p = self.segments[i].swap(core::ptr::null_mut(), Ordering::AcqRel);
             if let Some(seg) = NonNull::new(p) {

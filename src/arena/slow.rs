@@ -296,7 +296,7 @@ impl SecretArena {
         let spread = if count >= MAX_SEGMENTS / 2 { room / (MAX_SEGMENTS - count) } else { 0 };
         let mut want = (capacity / 4).max(spread).next_multiple_of(page).max(min_bytes).min(room);
         loop {
-            match Mapping::create_as(want, self.backing).and_then(Segment::create) {
+            match Mapping::create_as(want, self.backing, self.lineage.fork()).and_then(Segment::create) {
                 Ok(seg) => {
                     self.publish(count, seg);
                     return true;

@@ -10,8 +10,11 @@
 //! 3. locked in RAM (never swapped), and charged to `RLIMIT_MEMLOCK` in full
 //!    when it is created, so running out of budget is an error at creation,
 //!    never later;
-//! 4. excluded from core dumps (`VM_DONTDUMP`) and not inherited by `fork`
-//!    (`MADV_DONTFORK`);
+//! 4. excluded from core dumps (`VM_DONTDUMP`) and, under [`Fork::Hide`],
+//!    not inherited by `fork` (`MADV_DONTFORK`); under [`Fork::Inherit`]
+//!    (the global allocator's heap only) a child inherits the shared
+//!    mapping, and the arena's `pthread_atfork` child handler makes it
+//!    read-only there (`arena::fork`);
 //! 5. surrounded by one `PROT_NONE` guard page on each side, which are
 //!    anonymous and so not charged to the memlock budget;
 //! 6. returned to the kernel as it is when dropped: wiping is the arena's job.
@@ -109,6 +112,19 @@ pub enum BackingPolicy {
     ForceFallback,
 }
 
+/// What a `fork(2)` child inherits of a mapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) enum Fork {
+    /// `MADV_DONTFORK`: the child has no mapping there, so a secret is
+    /// unreachable (SIGSEGV) in it. Every arena but the global heap.
+    #[default]
+    Hide,
+    /// The child inherits the `MAP_SHARED` mapping, so `exec` can read argv,
+    /// envp and `pre_exec` closures built on the heap. Only for the global
+    /// allocator's heap, whose child handler turns it read-only at once.
+    Inherit,
+}
+
 /// Whether the kernel gives this process `memfd_secret(2)`.
 ///
 /// Creates a secret-memory file and closes it at once, without mapping it.
@@ -154,14 +170,14 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes (rounded up to the OS page size) under `policy`.
-    pub(crate) fn create(len: usize, policy: BackingPolicy) -> Result<Mapping, Error> {
+    pub(crate) fn create(len: usize, policy: BackingPolicy, fork: Fork) -> Result<Mapping, Error> {
         let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
         match policy {
-            BackingPolicy::ForceFallback => Self::create_as(len, Backing::MlockedMemfd),
+            BackingPolicy::ForceFallback => Self::create_as(len, Backing::MlockedMemfd, fork),
             BackingPolicy::RequireSecret | BackingPolicy::PreferSecret => match secret::open(len) {
-                Ok(fd) => Self::map_file(fd, len, Backing::MemfdSecret),
+                Ok(fd) => Self::map_file(fd, len, Backing::MemfdSecret, fork),
                 Err(Error::SecretMemoryUnavailable { .. }) if policy == BackingPolicy::PreferSecret => {
-                    Self::create_as(len, Backing::MlockedMemfd)
+                    Self::create_as(len, Backing::MlockedMemfd, fork)
                 }
                 Err(e) => Err(e),
             },
@@ -170,18 +186,18 @@ impl Mapping {
 
     /// Maps `len` bytes of exactly the given backing (used for further
     /// segments, which keep the first segment's backing).
-    pub(crate) fn create_as(len: usize, backing: Backing) -> Result<Mapping, Error> {
+    pub(crate) fn create_as(len: usize, backing: Backing, fork: Fork) -> Result<Mapping, Error> {
         let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
         let fd = match backing {
             Backing::MemfdSecret => secret::open(len)?,
             Backing::MlockedMemfd => memfd::open(len)?,
         };
-        Self::map_file(fd, len, backing)
+        Self::map_file(fd, len, backing, fork)
     }
 
     /// Reserves address space with a guard page on each side, maps `fd` in
     /// the middle, closes `fd`, and applies the backing's protections.
-    fn map_file(fd: OwnedFd, len: usize, backing: Backing) -> Result<Mapping, Error> {
+    fn map_file(fd: OwnedFd, len: usize, backing: Backing, fork: Fork) -> Result<Mapping, Error> {
         let guard = os_page_size();
         let reservation_len = len.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: len })?;
         // SAFETY: a fresh anonymous mapping at an address the kernel chooses
@@ -233,17 +249,21 @@ impl Mapping {
             unsafe { mm::madvise(mapping.base.as_ptr().cast(), len, Advice::LinuxDontDump) }
                 .map_err(|errno| Error::Syscall { step: Step::DontDump, errno })?;
         }
-        // SAFETY: advice on our own reservation (guards and file mapping);
-        // it only affects what a future fork(2) child inherits.
-        unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
-            .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
+        if fork == Fork::Hide {
+            // SAFETY: advice on our own reservation (guards and file mapping);
+            // it only affects what a future fork(2) child inherits.
+            unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
+                .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
+        }
         let ranges = registry::Ranges {
             base: mapping.base.as_ptr() as usize,
             len,
             reservation: reservation.as_ptr() as usize,
             reservation_len,
         };
-        mapping.slot = Some(registry::register(ranges)?);
+        let slot = registry::register(ranges)?;
+        registry::set_inherited(&slot, fork == Fork::Inherit);
+        mapping.slot = Some(slot);
         Ok(mapping)
     }
 

@@ -148,9 +148,8 @@ pub(crate) fn raise_high_water(id: &SlotId, bytes: usize) {
     TABLE[id.0].high_water.fetch_max(bytes, SeqCst);
 }
 
-/// Records whether the slot's mapping is inherited by a fork child (issue
-/// 12's inheritable arenas set this).
-#[allow(dead_code, reason = "the hook for inheritable mappings, which set it")]
+/// Records whether the slot's mapping is inherited by a fork child (the
+/// global allocator's heap is; see `Fork::Inherit`).
 pub(crate) fn set_inherited(id: &SlotId, inherited: bool) {
     TABLE[id.0].inherited.store(inherited, SeqCst);
 }
@@ -170,10 +169,11 @@ pub(crate) fn deregister(id: SlotId) {
     slot.state.store(FREE, SeqCst);
 }
 
-/// Calls `f` with every live mapping this process may touch: registered by
-/// this process, or inherited from the parent. Async-signal-safe (no
-/// allocation, no lock): usable in a signal handler or a `pthread_atfork`
-/// child handler. A mapping `f` is given stays mapped until `f` returns.
+/// Calls `f` with every live mapping this process registered itself.
+/// Mappings a `fork(2)` child inherited (the global allocator's heap) are
+/// the parent's live memory, read-only in the child: they are never given
+/// to `f`. Async-signal-safe (no allocation, no lock): usable in a signal
+/// handler. A mapping `f` is given stays mapped until `f` returns.
 pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
     let pid = this_pid();
     let top = TOP.load(SeqCst).min(SLOTS);
@@ -189,7 +189,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
                 inherited: slot.inherited.load(SeqCst),
                 pid: slot.pid.load(SeqCst),
             };
-            if info.pid == pid || info.inherited {
+            if info.pid == pid {
                 f(&info);
             }
         }
@@ -201,7 +201,6 @@ pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
 /// every live mapping registered by the *parent* (`parent_pid`) that the
 /// child did not inherit, so the handler can re-reserve its range
 /// `PROT_NONE`. Runs in the child, where only the forking thread exists.
-#[allow(dead_code, reason = "for the fork-handling code (issue 12)")]
 pub(crate) fn for_each_not_inherited(parent_pid: u32, mut f: impl FnMut(&MappingInfo)) {
     let top = TOP.load(SeqCst).min(SLOTS);
     for slot in &TABLE[..top] {

@@ -39,13 +39,13 @@ static SECRET_HEAP: AtomicBool = AtomicBool::new(false);
 static SECRET: SecretGlobalAlloc = SecretGlobalAlloc::new();
 
 fn in_secret_heap(ptr: *mut u8) -> bool {
-    // The global arena exists once the switch is on; before, nothing is in it.
-    SECRET_HEAP.load(Ordering::SeqCst) && secret_arena::global().is_ok_and(|a| a.contains(ptr))
+    // The heap exists once the switch is on; before, nothing is in it.
+    SECRET_HEAP.load(Ordering::SeqCst) && SecretGlobalAlloc::arena().is_some_and(|a| a.contains(ptr))
 }
 
 // SAFETY: every block is allocated by one of the two allocators and
 // returned to the same one: `SecretGlobalAlloc` blocks are exactly those
-// inside the global arena.
+// inside its heap arena.
 unsafe impl GlobalAlloc for SwitchableHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if SECRET_HEAP.load(Ordering::SeqCst) {
@@ -209,8 +209,8 @@ fn child_body(case: &str, purge: bool) -> ! {
     let s = next_seed();
     let heap_vec: Vec<u8> = pattern(6000, s);
     saved.push(Saved { name: "global-heap Vec", ptr: heap_vec.as_ptr(), len: 6000, seed: s });
-    let global = secret_arena::global().unwrap();
-    assert!(global.contains(heap_vec.as_ptr()) && global.contains(heap_box.as_ptr()), "not on SecretGlobalAlloc");
+    let heap = SecretGlobalAlloc::arena().expect("the heap exists once the switch is on");
+    assert!(heap.contains(heap_vec.as_ptr()) && heap.contains(heap_box.as_ptr()), "not on SecretGlobalAlloc");
 
     // Everything the checks need is on the stack from here on.
     let mut list = [Saved { name: "", ptr: core::ptr::null(), len: 0, seed: 0 }; 16];

@@ -24,7 +24,10 @@ use crate::global;
 unsafe impl Allocator for SecretArena {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.alloc_block(layout).ok_or(AllocError)
+        match self.alloc_block(layout) {
+            Ok(block) => block.ok_or(AllocError),
+            Err(misuse) => panic!("{misuse}"),
+        }
     }
 
     /// Free memory in the arena is always zero, so this costs nothing more
@@ -126,7 +129,10 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match global::global() {
-            Ok(arena) => arena.alloc_block(layout).map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
+            Ok(arena) => match arena.alloc_block(layout) {
+                Ok(block) => block.map_or(core::ptr::null_mut(), |b| b.as_ptr().cast()),
+                Err(misuse) => abort_with(misuse),
+            },
             Err(_) => core::ptr::null_mut(),
         }
     }

@@ -1,19 +1,33 @@
-//! The memory source: one file-backed mapping per arena segment.
+//! The memory source: one file-backed reservation per arena.
 //!
 //! # The contract every backing keeps
 //!
-//! A [`Mapping`] of `len` bytes (a multiple of the OS page size) is
+//! A [`Mapping`] reserves address space for the arena's `max_capacity` once,
+//! opens ONE backing file whose size is set once to that maximum, and maps
+//! the file into the reservation from offset 0 on, in steps, as the arena
+//! grows ([`Mapping::grow`]). Its mapped prefix of `len` bytes (a multiple of
+//! the OS page size) is
 //!
 //! 1. readable and writable at `base..base + len`, and zero on first touch;
-//! 2. a `MAP_SHARED` mapping of a file whose descriptor is already closed, so
-//!    no fd is held and the file dies with the mapping;
-//! 3. locked in RAM (never swapped), and charged to `RLIMIT_MEMLOCK` in full
-//!    when it is created, so running out of budget is an error at creation,
-//!    never later;
+//!    `base + off` is always file offset `off`, so the prefix is one
+//!    contiguous range however many steps mapped it;
+//! 2. a `MAP_SHARED` mapping of a file that only this mapping uses. The
+//!    file's descriptor is **held** (`O_CLOEXEC`) for the arena's life, so
+//!    growth needs no new descriptor and works at the fd limit (`EMFILE`).
+//!    A process that may `ptrace` us could take the descriptor with
+//!    `pidfd_getfd(2)` and map the file itself; that is no more than what
+//!    ptrace rights give anyway (they can read the fallback's pages
+//!    directly, and stop us and map the secret file into our own address
+//!    space). The descriptor is closed when the arena is dropped;
+//! 3. locked in RAM (never swapped), and charged to `RLIMIT_MEMLOCK` for
+//!    each step's length when that step is mapped, so running out of budget
+//!    is an error of that step (the arena stays as it was), never a fault
+//!    later;
 //! 4. excluded from core dumps (`VM_DONTDUMP`) and not inherited by `fork`
-//!    (`MADV_DONTFORK`);
-//! 5. surrounded by one `PROT_NONE` guard page on each side, which are
-//!    anonymous and so not charged to the memlock budget;
+//!    (`MADV_DONTFORK`), the not-yet-mapped rest of the reservation too;
+//! 5. surrounded by `PROT_NONE` address space: one guard page before `base`,
+//!    and after the mapped prefix the rest of the reservation plus one guard
+//!    page, all anonymous and so not charged to the memlock budget;
 //! 6. returned to the kernel as it is when dropped: wiping is the arena's job.
 //!
 //! The secret backing adds that its pages are removed from the kernel's
@@ -29,6 +43,7 @@ mod secret;
 mod sys;
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fd::OwnedFd;
 use rustix::mm::{self, Advice, MapFlags, ProtFlags};
@@ -93,61 +108,68 @@ pub fn memfd_secret_available() -> Result<(), Errno> {
     sys::memfd_secret().map(drop)
 }
 
-/// One mapped segment of backing memory; see the module docs for its contract.
+/// The arena's reservation and its backing file; see the module docs for
+/// its contract. The single owner of both: a future "inherit on fork" flag
+/// or a process-wide registry of secret ranges belongs here.
 ///
 /// # Invariants
 ///
 /// 1. `reservation..reservation + reservation_len` is mapped by this value
 ///    alone, and is unmapped exactly once, on drop.
-/// 2. `base == reservation + guard` and `base + len + guard ==
-///    reservation + reservation_len`; both guards are `PROT_NONE`.
+/// 2. `base == reservation + guard` and `base + max_len + guard ==
+///    reservation + reservation_len`; `base..base + len` maps file offsets
+///    `0..len`, everything else in the reservation is `PROT_NONE`.
+/// 3. `len` only grows, and only under the caller's lock (see `grow`).
 pub(crate) struct Mapping {
     reservation: NonNull<u8>,
     reservation_len: usize,
     base: NonNull<u8>,
-    len: usize,
+    len: AtomicUsize,
+    max_len: usize,
+    file: OwnedFd,
     backing: Backing,
 }
 
-// SAFETY: a Mapping is an owned range of address space; it holds no
-// thread-affine state, and all access to the bytes goes through the arena's
-// own synchronisation.
+// SAFETY: a Mapping is an owned range of address space and an owned fd; it
+// holds no thread-affine state, and all access to the bytes goes through the
+// arena's own synchronisation.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only exposes the addresses.
+// SAFETY: as above; `&Mapping` exposes the addresses, and `grow` is
+// serialised by its caller.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes (rounded up to the OS page size) under `policy`.
-    pub(crate) fn create(len: usize, policy: BackingPolicy) -> Result<Mapping, Error> {
+    /// Reserves `max_len` bytes, opens the backing file for them under
+    /// `policy`, and maps the first `len` (both rounded up to the OS page
+    /// size; `max_len` is at least `len`).
+    pub(crate) fn create(len: usize, max_len: usize, policy: BackingPolicy) -> Result<Mapping, Error> {
         let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
+        let max_len = round_to_os_pages(max_len.max(len)).ok_or(Error::InvalidCapacity { requested: max_len })?;
         match policy {
-            BackingPolicy::ForceFallback => Self::create_as(len, Backing::MlockedMemfd),
-            BackingPolicy::RequireSecret | BackingPolicy::PreferSecret => match secret::open(len) {
-                Ok(fd) => Self::map_file(fd, len, Backing::MemfdSecret),
+            BackingPolicy::ForceFallback => Self::create_as(len, max_len, Backing::MlockedMemfd),
+            BackingPolicy::RequireSecret | BackingPolicy::PreferSecret => match secret::open(max_len) {
+                Ok(fd) => Self::reserve_and_map(fd, len, max_len, Backing::MemfdSecret),
                 Err(Error::SecretMemoryUnavailable { .. }) if policy == BackingPolicy::PreferSecret => {
-                    Self::create_as(len, Backing::MlockedMemfd)
+                    Self::create_as(len, max_len, Backing::MlockedMemfd)
                 }
                 Err(e) => Err(e),
             },
         }
     }
 
-    /// Maps `len` bytes of exactly the given backing (used for further
-    /// segments, which keep the first segment's backing).
-    pub(crate) fn create_as(len: usize, backing: Backing) -> Result<Mapping, Error> {
-        let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
+    fn create_as(len: usize, max_len: usize, backing: Backing) -> Result<Mapping, Error> {
         let fd = match backing {
-            Backing::MemfdSecret => secret::open(len)?,
-            Backing::MlockedMemfd => memfd::open(len)?,
+            Backing::MemfdSecret => secret::open(max_len)?,
+            Backing::MlockedMemfd => memfd::open(max_len)?,
         };
-        Self::map_file(fd, len, backing)
+        Self::reserve_and_map(fd, len, max_len, backing)
     }
 
-    /// Reserves address space with a guard page on each side, maps `fd` in
-    /// the middle, closes `fd`, and applies the backing's protections.
-    fn map_file(fd: OwnedFd, len: usize, backing: Backing) -> Result<Mapping, Error> {
+    /// Reserves `max_len` bytes plus a guard page on each side, marks it all
+    /// `MADV_DONTFORK`, and maps the first `len` bytes of `fd`.
+    fn reserve_and_map(file: OwnedFd, len: usize, max_len: usize, backing: Backing) -> Result<Mapping, Error> {
         let guard = os_page_size();
-        let reservation_len = len.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: len })?;
+        let reservation_len = max_len.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: max_len })?;
         // SAFETY: a fresh anonymous mapping at an address the kernel chooses
         // cannot alias any existing Rust object.
         let reservation = unsafe {
@@ -161,46 +183,93 @@ impl Mapping {
         .map_err(|errno| Error::Syscall { step: Step::Reserve, errno })?;
         let reservation = NonNull::new(reservation.cast::<u8>()).expect("mmap never returns null on success");
         // From here on, dropping `mapping` unmaps the whole reservation,
-        // including whatever has been mapped into it.
+        // including whatever has been mapped into it, and closes the file.
         let mapping = Mapping {
             reservation,
             reservation_len,
             // SAFETY: `guard < reservation_len`, so the result is inside the reservation.
             base: unsafe { reservation.add(guard) },
-            len,
+            len: AtomicUsize::new(0),
+            max_len,
+            file,
             backing,
         };
-        // SAFETY: the target range lies inside our own PROT_NONE reservation,
-        // which no Rust object refers to, so MAP_FIXED replaces nothing but it.
-        unsafe {
-            mm::mmap(
-                mapping.base.as_ptr().cast(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|errno| match (backing, errno) {
-            (Backing::MemfdSecret, Errno::AGAIN) => budget::error(len, errno),
-            _ => Error::Syscall { step: Step::Map, errno },
-        })?;
-        // The mapping keeps the file alive; holding the fd would only leak it
-        // to anyone who can read our fd table.
-        drop(fd);
-
-        if backing == Backing::MlockedMemfd {
-            lock(mapping.base, len)?;
-            // SAFETY: advice on our own live mapping; it changes no contents.
-            unsafe { mm::madvise(mapping.base.as_ptr().cast(), len, Advice::LinuxDontDump) }
-                .map_err(|errno| Error::Syscall { step: Step::DontDump, errno })?;
-        }
-        // SAFETY: advice on our own reservation (guards and file mapping);
-        // it only affects what a future fork(2) child inherits.
+        // SAFETY: advice on our own reservation; it only affects what a
+        // future fork(2) child inherits.
         unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
             .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
+        mapping.grow(len)?;
         Ok(mapping)
+    }
+
+    /// Maps file offsets `len()..new_len` at `base + len()`, with the
+    /// backing's protections, and makes `new_len` (rounded up to the OS page
+    /// size) the mapped length. On error nothing changes: the range is
+    /// `PROT_NONE` again and nothing stays charged.
+    ///
+    /// The caller serialises calls (the arena's grow lock).
+    pub(crate) fn grow(&self, new_len: usize) -> Result<(), Error> {
+        let old = self.len.load(Ordering::Relaxed);
+        let new_len = round_to_os_pages(new_len).ok_or(Error::InvalidCapacity { requested: new_len })?;
+        if new_len <= old {
+            return Ok(());
+        }
+        if new_len > self.max_len {
+            return Err(Error::InvalidCapacity { requested: new_len });
+        }
+        let n = new_len - old;
+        // SAFETY: inside the reservation (invariant 2, `new_len <= max_len`).
+        let at = unsafe { self.base.add(old) };
+        self.map_step(at, old, n).inspect_err(|_| self.unmap_step(at, n))?;
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    fn map_step(&self, at: NonNull<u8>, off: usize, n: usize) -> Result<(), Error> {
+        // SAFETY: the target range lies inside our own PROT_NONE reservation,
+        // past the mapped prefix, which no Rust object refers to, so
+        // MAP_FIXED replaces nothing but reserved address space.
+        unsafe {
+            mm::mmap(
+                at.as_ptr().cast(),
+                n,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &self.file,
+                off as u64,
+            )
+        }
+        .map_err(|errno| match (self.backing, errno) {
+            (Backing::MemfdSecret, Errno::AGAIN) => budget::error(n, errno),
+            _ => Error::Syscall { step: Step::Map, errno },
+        })?;
+        if self.backing == Backing::MlockedMemfd {
+            lock(at, n)?;
+            // SAFETY: advice on our own live mapping; it changes no contents.
+            unsafe { mm::madvise(at.as_ptr().cast(), n, Advice::LinuxDontDump) }
+                .map_err(|errno| Error::Syscall { step: Step::DontDump, errno })?;
+        }
+        // The new VMA does not inherit the reservation's DONTFORK: set it.
+        // SAFETY: advice on our own mapping; it only affects fork(2) children.
+        unsafe { mm::madvise(at.as_ptr().cast(), n, Advice::LinuxDontFork) }
+            .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })
+    }
+
+    /// Puts `at..at + n` back to reserved `PROT_NONE` address space after a
+    /// failed step, dropping any lock and memlock charge it took.
+    fn unmap_step(&self, at: NonNull<u8>, n: usize) {
+        // SAFETY: the range is inside our reservation and past the mapped
+        // prefix, so no block refers to it.
+        let _ = unsafe {
+            mm::mmap_anonymous(
+                at.as_ptr().cast(),
+                n,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+            )
+        };
+        // SAFETY: as above.
+        let _ = unsafe { mm::madvise(at.as_ptr().cast(), n, Advice::LinuxDontFork) };
     }
 
     /// The first usable byte.
@@ -208,9 +277,14 @@ impl Mapping {
         self.base
     }
 
-    /// The number of usable bytes (a multiple of the OS page size).
+    /// The number of mapped, usable bytes (a multiple of the OS page size).
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// The most bytes this mapping can grow to.
+    pub(crate) fn max_len(&self) -> usize {
+        self.max_len
     }
 
     /// Which backing this mapping has.
@@ -225,6 +299,7 @@ impl Drop for Mapping {
         // munmap of a range we mapped can only fail on a broken invariant;
         // there is nothing useful to do with the error in a destructor.
         let _ = unsafe { mm::munmap(self.reservation.as_ptr().cast(), self.reservation_len) };
+        // `file` is closed after this, when the field drops.
     }
 }
 

@@ -8,7 +8,7 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use super::classes::{CLASS_SIZES, CLASSES, PAGE, class_for};
+use super::classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
 use super::slab::{PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, bit};
 use super::{Block, Misuse, SecretArena, dangling, slice, thread};
 use crate::sync::{Ordering, light_fence};
@@ -24,7 +24,9 @@ impl SecretArena {
         }
         if let Some(class) = class_for(layout.size(), layout.align()) {
             if let Some(p) = self.alloc_chunk(class)? {
-                return Ok(Some(slice(p as *mut u8, CLASS_SIZES[class] as usize)));
+                // SAFETY: chunk addresses are inside the mapping, never null.
+                let p = unsafe { NonNull::new_unchecked(p as *mut u8) };
+                return Ok(Some(NonNull::slice_from_raw_parts(p, CLASS_SIZES[class] as usize)));
             }
             return self.alloc_small_fallback(class, layout);
         }
@@ -39,7 +41,9 @@ impl SecretArena {
         let h = self.pages.heap(thread::slot_of(t));
         h.busy.store(1, Ordering::Relaxed);
         light_fence();
-        let cur = h.cur[class].load(Ordering::Relaxed);
+        debug_assert!(class < CLASS_COUNT);
+        // SAFETY: `class_for` only gives classes below CLASS_COUNT.
+        let cur = unsafe { h.cur.get_unchecked(class) }.load(Ordering::Relaxed);
         if h.token.load(Ordering::Relaxed) == t && !cur.is_null() {
             // SAFETY: `cur` points into this arena's metadata (heap
             // invariant 2), which lives as long as `self`.
@@ -146,14 +150,10 @@ impl SecretArena {
         h.busy.store(1, Ordering::Relaxed);
         light_fence();
         if head.owner.load(Ordering::Relaxed) == t && h.token.load(Ordering::Relaxed) == t {
-            let ok = !head.owner_has_free(w, mask);
-            if ok {
-                // SAFETY: `locate` found a chunk of this class at `ptr`, and
-                // it is not free, so it is the caller's live block, which it
-                // gives up; chunks are 16-aligned multiples of 16.
-                unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) };
-                head.owner_free(w, mask);
-            }
+            // SAFETY (the wipe): `locate` found a chunk of this class at
+            // `ptr`, and it is not free, so it is the caller's live block,
+            // which it gives up; chunks are 16-aligned multiples of 16.
+            let ok = head.owner_free(w, mask, || unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) });
             h.busy.store(0, Ordering::Release);
             return if ok { Ok(()) } else { Err(Misuse::NotAllocated(ptr as usize)) };
         }

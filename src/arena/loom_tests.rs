@@ -128,7 +128,7 @@ fn loom_disown_and_a_remote_free_never_strand_an_empty_slab() {
             let (m, lock) = (m.clone(), lock.clone());
             thread::spawn(move || m.remote_free(0, 1, info()) == Ok(true) && release_if_due(&m, &lock))
         };
-        assert!(m.owner_free(0, 2), "chunk 1 was live");
+        assert!(m.owner_free(0, 2, || {}), "chunk 1 was live");
         let by_owner = {
             let _g = lock.lock().unwrap();
             // SecretArena::disown_locked.
@@ -155,7 +155,7 @@ fn loom_a_cross_thread_double_free_is_caught_at_refill() {
             // The remote path past its early check (which a race can pass).
             thread::spawn(move || m.remote_free(0, 1, info()).is_ok())
         };
-        let owner_ok = m.owner_free(0, 1);
+        let owner_ok = m.owner_free(0, 1, || {});
         let remote_ok = remote.join().unwrap();
         assert!(owner_ok && remote_ok, "neither path sees the other's bitmap at once");
         assert_eq!(m.refill(), Err(0), "the refill must report chunk 0");
@@ -212,7 +212,7 @@ fn loom_a_dead_threads_slab_is_taken_with_its_last_frees() {
         let owner = {
             let (m, slot_token) = (m.clone(), slot_token.clone());
             thread::spawn(move || {
-                assert!(m.owner_free(0, 2), "chunk 1 was live");
+                assert!(m.owner_free(0, 2, || {}), "chunk 1 was live");
                 // thread::on_thread_exit.
                 slot_token.store(0, Ordering::Release);
             })

@@ -5,7 +5,7 @@
 //! global heap (an overflow of a secret cannot reach the allocator's
 //! bookkeeping, and the arena can be the global allocator), holds:
 //!
-//! - the heap table: one [`Heap`] per thread slot, plus a spare one;
+//! - the heap table: one [`Heap`] per thread slot (`thread::MAX_SLOTS`);
 //! - the used-page bitmap (one bit per page of `max_capacity`, 1 = used),
 //!   read and written only under the arena's page lock;
 //! - one 128-byte [`PageMeta`] per page of `max_capacity`: what the page
@@ -67,7 +67,7 @@ impl Pages {
     /// bitmap and the first `pages` pages' metadata writable.
     pub(crate) fn create(max_pages: usize, pages: usize) -> Result<Pages, Error> {
         let os_page = crate::backing::os_page_size();
-        let heaps_len = (MAX_SLOTS + 1) * size_of::<Heap>();
+        let heaps_len = MAX_SLOTS * size_of::<Heap>();
         let map_off = heaps_len;
         let meta_off = (map_off + max_pages.div_ceil(64) * 8).next_multiple_of(os_page);
         let raw_len = meta_off + max_pages * size_of::<PageMeta>();
@@ -136,14 +136,13 @@ impl Pages {
         self.pages.load(Ordering::Acquire)
     }
 
-    /// The heap of slot `i` (`i <= MAX_SLOTS`; `MAX_SLOTS` is the spare).
+    /// The heap of slot `i` (`thread::slot_of` of a token).
     #[inline(always)]
     pub(crate) fn heap(&self, i: usize) -> &Heap {
-        debug_assert!(i <= MAX_SLOTS);
-        // SAFETY: the table has MAX_SLOTS + 1 entries, writable since
-        // `create`; all-zero bytes are a valid Heap. Callers pass a token's
-        // slot bits, which are at most MAX_SLOTS by construction.
-        unsafe { self.heaps.add(i.min(MAX_SLOTS)).as_ref() }
+        assert!(i < MAX_SLOTS);
+        // SAFETY: the table has MAX_SLOTS entries, writable since `create`;
+        // all-zero bytes are a valid Heap.
+        unsafe { self.heaps.add(i).as_ref() }
     }
 
     /// Metadata of page `p`.

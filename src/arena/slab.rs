@@ -83,7 +83,9 @@ const _: () = assert!(size_of::<PageMeta>() == 128);
 /// Bit index `idx` as a word and a mask.
 #[inline(always)]
 pub(crate) fn bit(idx: usize) -> (usize, u64) {
-    (idx / 64, 1u64 << (idx % 64))
+    // `% WORDS` changes nothing for a chunk index (< 256) and lets the
+    // compiler drop the bounds checks on the bitmap words.
+    ((idx / 64) % WORDS, 1u64 << (idx % 64))
 }
 
 impl PageMeta {
@@ -100,22 +102,18 @@ impl PageMeta {
         None
     }
 
-    /// Owner only: frees chunk `(w, mask)` into `freed`; `false` (changing
-    /// nothing) if it is free already: a double free. The caller wiped it.
+    /// Owner only: frees chunk `(w, mask)`: runs `wipe`, then puts it in
+    /// `freed`. `false`, doing neither, if it is free already (a double
+    /// free).
     #[inline(always)]
-    pub(crate) fn owner_free(&self, w: usize, mask: u64) -> bool {
+    pub(crate) fn owner_free(&self, w: usize, mask: u64, wipe: impl FnOnce()) -> bool {
         let f = self.freed[w].load(Ordering::Relaxed);
         if (self.local[w].load(Ordering::Relaxed) | f) & mask != 0 {
             return false;
         }
+        wipe();
         self.freed[w].store(f | mask, Ordering::Relaxed);
         true
-    }
-
-    /// Owner only: whether chunk `(w, mask)` is free in the owner's bitmaps.
-    #[inline(always)]
-    pub(crate) fn owner_has_free(&self, w: usize, mask: u64) -> bool {
-        (self.local[w].load(Ordering::Relaxed) | self.freed[w].load(Ordering::Relaxed)) & mask != 0
     }
 
     /// Owner only: `local |= freed | bits`, emptying `freed` and `bits`.

@@ -20,21 +20,30 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Most threads that own heaps at one time; more use the shared path.
+/// Size of a heap table: 511 thread slots and the spare heap at index
+/// [`SPARE`]. More threads than that at one time use the shared path.
 pub(crate) const MAX_SLOTS: usize = 512;
-/// Low bits of a token: the slot.
-const SLOT_BITS: u32 = 10;
+/// The heap no thread owns (never armed), named by the marker tokens.
+pub(crate) const SPARE: usize = MAX_SLOTS - 1;
+/// Low bits of a token: the slot. Every value they can take is a valid
+/// index into a heap table, so the fast paths need no bounds check.
+const SLOT_BITS: u32 = 9;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 /// A thread that has not asked for a slot yet. Its slot bits name the spare
-/// heap at index `MAX_SLOTS`, which no thread owns, so the fast paths need no
+/// heap at index [`SPARE`], which no thread owns, so the fast paths need no
 /// extra test; bit 63 is never set in a real token.
-pub(crate) const UNASSIGNED: u64 = 1 << 63 | MAX_SLOTS as u64;
+pub(crate) const UNASSIGNED: u64 = 1 << 63 | SPARE as u64;
 /// A thread past its exit destructor, or one that found every slot taken.
-pub(crate) const NO_SLOT: u64 = 3 << 62 | MAX_SLOTS as u64;
+pub(crate) const NO_SLOT: u64 = 3 << 62 | SPARE as u64;
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
-/// Bit `s` set: slot `s` is taken by a live thread.
-static SLOT_USED: [AtomicU64; MAX_SLOTS / 64] = [const { AtomicU64::new(0) }; MAX_SLOTS / 64];
+/// Bit `s` set: slot `s` is taken by a live thread. The spare's bit is
+/// always set, so it is never given out.
+static SLOT_USED: [AtomicU64; MAX_SLOTS / 64] = {
+    let mut used = [const { AtomicU64::new(0) }; MAX_SLOTS / 64];
+    used[SPARE / 64] = AtomicU64::new(1 << (SPARE % 64));
+    used
+};
 /// The token of the live thread in each slot; 0 when free. Written with
 /// `Release` after the thread's last heap access, so a reader that sees a
 /// heap's token gone sees all that thread did to its slabs.
@@ -53,7 +62,8 @@ pub(crate) fn token() -> u64 {
     TOKEN.with(Cell::get)
 }
 
-/// The heap index a token names: its slot, or `MAX_SLOTS` (the spare heap).
+/// The heap index a token names: its slot, or [`SPARE`]. Always below
+/// [`MAX_SLOTS`].
 #[inline(always)]
 pub(crate) fn slot_of(token: u64) -> usize {
     (token & SLOT_MASK) as usize
@@ -95,7 +105,10 @@ pub(crate) fn assign() -> u64 {
                     // a non-null integer cast, never dereferenced. glibc keeps
                     // the first 32 keys inside the thread descriptor; beyond
                     // them it uses libc's calloc, never the Rust allocator.
-                    if unsafe { libc::pthread_setspecific(key, (slot + 1) as *const libc::c_void) } != 0 {
+                    if unsafe {
+                        libc::pthread_setspecific(key, core::ptr::without_provenance::<libc::c_void>(slot + 1))
+                    } != 0
+                    {
                         SLOT_TOKEN[slot].store(0, Ordering::Release);
                         word.fetch_and(!(1 << bit), Ordering::Release);
                         TOKEN.set(NO_SLOT);

@@ -10,7 +10,7 @@ use core::ptr::NonNull;
 
 use super::classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
 use super::slab::{PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, bit};
-use super::{Block, Misuse, SecretArena, dangling, slice, thread};
+use super::{Block, Misuse, SecretArena, dangling, thread};
 use crate::sync::{Ordering, light_fence};
 use crate::wipe::wipe_chunk;
 

@@ -22,7 +22,7 @@
 //! `loom_a_double_free_racing_the_release_is_caught`).
 
 use super::classes::{ClassInfo, WORDS};
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering, fence};
 
 /// `PageMeta::state` of a page that belongs to nobody.
 pub(crate) const FREE: u32 = 0;
@@ -78,6 +78,7 @@ pub(crate) struct PageMeta {
     pub bits: [AtomicU64; WORDS],
 }
 
+#[cfg(not(all(loom, test)))]
 const _: () = assert!(size_of::<PageMeta>() == 128);
 
 /// Bit index `idx` as a word and a mask.
@@ -143,19 +144,24 @@ impl PageMeta {
     /// the slab is unowned and now entirely free, so the caller should
     /// release it (under the class lock, re-checking).
     ///
-    /// SeqCst on the RMW and the loads, with the SeqCst store of `owner` in
-    /// [`disown`](Self::disown): of a free and a disown racing on a slab's
-    /// last chunk, at least one sees the slab unowned and full.
+    /// A `SeqCst` fence between the RMW and the loads, as between the store
+    /// of `owner` and the loads in [`disown`](Self::disown): of a free and a
+    /// disown racing on a slab's last chunk, at least one sees the other's
+    /// write, so at least one sees the slab unowned and full. (SeqCst
+    /// accesses alone are not enough in loom's model, which treats them as
+    /// AcqRel; the fences are what the C++ model guarantees this with.)
     pub(crate) fn remote_free(&self, w: usize, mask: u64, info: &ClassInfo) -> Result<bool, ()> {
-        if self.bits[w].fetch_or(mask, Ordering::SeqCst) & mask != 0 {
+        // Release: the caller's wipe, for whoever takes the chunk next.
+        if self.bits[w].fetch_or(mask, Ordering::Release) & mask != 0 {
             return Err(());
         }
-        Ok(self.owner.load(Ordering::SeqCst) == UNOWNED && self.bits_full(info))
+        fence(Ordering::SeqCst);
+        Ok(self.owner.load(Ordering::Relaxed) == UNOWNED && self.bits_full(info))
     }
 
-    /// Whether `bits` holds every chunk (SeqCst loads, see `remote_free`).
+    /// Whether `bits` holds every chunk.
     pub(crate) fn bits_full(&self, info: &ClassInfo) -> bool {
-        self.bits.iter().zip(&info.all_free).all(|(b, &f)| b.load(Ordering::SeqCst) == f)
+        self.bits.iter().zip(&info.all_free).all(|(b, &f)| b.load(Ordering::Relaxed) == f)
     }
 
     /// Class lock held, slab unowned: `token` becomes its owner and takes
@@ -188,7 +194,9 @@ impl PageMeta {
                 }
             }
         }
-        self.owner.store(UNOWNED, Ordering::SeqCst);
+        self.owner.store(UNOWNED, Ordering::Relaxed);
+        // See `remote_free`.
+        fence(Ordering::SeqCst);
         let full = self.bits_full(info);
         overlap.map_or(Ok(full), Err)
     }

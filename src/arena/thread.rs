@@ -156,7 +156,9 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 }
 
 /// `membarrier(2)` commands (`linux/membarrier.h`).
+#[cfg_attr(all(loom, test), allow(dead_code))]
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+#[cfg_attr(all(loom, test), allow(dead_code))]
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
 /// 0: not tried; 1: registered; 2: unavailable (old kernel, seccomp, valgrind).
 static MEMBARRIER: AtomicU32 = AtomicU32::new(0);
@@ -165,6 +167,7 @@ static MEMBARRIER: AtomicU32 = AtomicU32::new(0);
 /// each had run `fence(SeqCst)` at some point during this call. `false`
 /// where the kernel does not offer `membarrier(2)`: then idle threads'
 /// slabs cannot be taken from them, only dead threads'.
+#[cfg_attr(all(loom, test), allow(dead_code))]
 pub(crate) fn membarrier() -> bool {
     // SAFETY (both calls): membarrier takes integer arguments only.
     let run = || unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) } == 0;

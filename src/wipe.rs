@@ -68,9 +68,9 @@ pub(crate) unsafe fn wipe_chunk(ptr: *mut u8, len: usize) {
         // SAFETY: SSE2 is part of the x86-64 baseline, so always present.
         let zero = unsafe { _mm_setzero_si128() };
         let n = len / 16;
-        // SAFETY (all stores): every index is below `n`, so each 16 bytes are
-        // inside the caller's writable range, and 16-aligned. Small chunks
-        // take two or four stores that may overlap, with no loop.
+        // Small chunks take two or four stores that may overlap, with no loop.
+        // SAFETY: every index below is below `n`, so each 16 bytes are
+        // inside the caller's writable range, and 16-aligned.
         unsafe {
             if n <= 2 {
                 if n > 0 {

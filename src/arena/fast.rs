@@ -150,10 +150,12 @@ impl SecretArena {
         h.busy.store(1, Ordering::Relaxed);
         light_fence();
         if head.owner.load(Ordering::Relaxed) == t && h.token.load(Ordering::Relaxed) == t {
-            // SAFETY (the wipe): `locate` found a chunk of this class at
-            // `ptr`, and it is not free, so it is the caller's live block,
-            // which it gives up; chunks are 16-aligned multiples of 16.
-            let ok = head.owner_free(w, mask, || unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) });
+            let ok = head.owner_free(w, mask, || {
+                // SAFETY: `locate` found a chunk of this class at `ptr`, and
+                // it is not free, so it is the caller's live block, which it
+                // gives up; chunks are 16-aligned multiples of 16.
+                unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) }
+            });
             h.busy.store(0, Ordering::Release);
             return if ok { Ok(()) } else { Err(Misuse::NotAllocated(ptr as usize)) };
         }

@@ -145,18 +145,18 @@ impl SecretArena {
     /// caller). Returns how many slabs were released.
     fn take_slabs(&self, h: &Heap, held: &mut Option<(usize, &mut SlabList)>, all: bool) -> usize {
         let mut released = 0;
-        for class in 0..CLASS_COUNT {
-            if h.cur[class].load(Ordering::Relaxed).is_null() {
+        for (class, slot) in h.cur.iter().enumerate() {
+            if slot.load(Ordering::Relaxed).is_null() {
                 continue;
             }
             released += self.with_class(class, held, |arena, list| {
-                let cur = h.cur[class].load(Ordering::Relaxed);
+                let cur = slot.load(Ordering::Relaxed);
                 // SAFETY: heap invariant 2; the class lock makes it stable.
                 let Some(s) = (unsafe { cur.as_ref() }) else { return 0 };
                 if !all && !s.all_free(&CLASSES[class]) {
                     return 0;
                 }
-                h.cur[class].store(core::ptr::null_mut(), Ordering::Relaxed);
+                slot.store(core::ptr::null_mut(), Ordering::Relaxed);
                 let empty = s.all_free(&CLASSES[class]);
                 // A chunk in two bitmaps here was freed twice by two threads
                 // with no allocation between; the merge leaves it free once.

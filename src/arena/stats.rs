@@ -316,7 +316,7 @@ impl SecretArena {
         }
         if owner != UNOWNED {
             let h = self.pages.heap(super::thread::slot_of(owner));
-            if h.cur[c].load(Ordering::Relaxed) != m as *const PageMeta as *mut PageMeta {
+            if !core::ptr::eq(h.cur[c].load(Ordering::Relaxed), m) {
                 return Err(err("an owned slab is not its owner's current slab", si, p, owner as usize));
             }
         }

@@ -169,8 +169,10 @@ static MEMBARRIER: AtomicU32 = AtomicU32::new(0);
 /// slabs cannot be taken from them, only dead threads'.
 #[cfg_attr(all(loom, test), allow(dead_code))]
 pub(crate) fn membarrier() -> bool {
-    // SAFETY (both calls): membarrier takes integer arguments only.
-    let run = || unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) } == 0;
+    let run = || {
+        // SAFETY: membarrier takes integer arguments only.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
+    };
     match MEMBARRIER.load(Ordering::Acquire) {
         1 => run(),
         2 => false,

@@ -13,7 +13,8 @@ use crate::global;
 // - Blocks returned by `allocate` are valid for reads and writes of the
 //   returned length: they are chunks or page runs inside a mapping that
 //   stays mapped until the arena is dropped, and a block is handed to one
-//   caller at a time (the bitmap CAS or the page lock decides who).
+//   caller at a time (the owning thread's bitmaps, a class lock or the page
+//   lock decide who).
 // - They stay valid until deallocated, or until the arena is dropped, which
 //   the borrow checker keeps after every `&SecretArena` user; moving the
 //   arena does not move the mapping.

@@ -86,3 +86,40 @@ fn every_segment_frees_and_refuses_foreign() {
     // SAFETY: no other thread uses the arena.
     unsafe { arena.check_invariants() }.unwrap();
 }
+
+/// Where the address space for `max_capacity` cannot be reserved (here an
+/// `RLIMIT_AS` of 8 GiB against a 1 TiB maximum), the arena reserves less,
+/// says so in `max_capacity()`, and still grows. Control: a 1 TiB mapping
+/// really is refused. Runs in a child, which keeps the rlimit.
+#[test]
+fn a_maximum_beyond_the_address_space_limit_is_reduced() {
+    let case = this_test!();
+    if !is_child(case) {
+        assert_child_passed(&Sandbox::new(case).run());
+        return;
+    }
+    let limit = libc::rlimit { rlim_cur: 8 << 30, rlim_max: 8 << 30 };
+    // SAFETY: a valid rlimit struct; lowering our own limit is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0, "setrlimit(RLIMIT_AS)");
+    // SAFETY: an anonymous PROT_NONE mapping aliases nothing; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            1 << 40,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p, libc::MAP_FAILED, "control: a 1 TiB reservation succeeded under RLIMIT_AS");
+    let Some(arena) = arena_growing(case, Kind::Fallback, 64 << 10, 1 << 40) else { return };
+    let max = arena.max_capacity();
+    assert!(max < 1 << 40 && max >= 64 << 10, "max_capacity {max:#x}");
+    let blocks: Vec<_> = (0..32).map(|i| secret_block(&arena, 16 << 10, i)).collect();
+    assert!(arena.stats().segments > 1, "the arena did not grow: {:?}", arena.stats());
+    for b in blocks {
+        // SAFETY: allocated above with this layout, freed once.
+        unsafe { arena.deallocate(b, Layout::from_size_align(16 << 10, 8).unwrap()) };
+    }
+}

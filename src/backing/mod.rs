@@ -142,51 +142,32 @@ impl Mapping {
     /// Reserves `max_len` bytes, opens the backing file for them under
     /// `policy`, and maps the first `len` (both rounded up to the OS page
     /// size; `max_len` is at least `len`).
+    ///
+    /// Where that much address space cannot be reserved (`RLIMIT_AS`, or
+    /// valgrind, which refuses huge mappings), the reservation, and so
+    /// [`max_len`](Self::max_len), is halved until it can, down to `len`.
     pub(crate) fn create(len: usize, max_len: usize, policy: BackingPolicy) -> Result<Mapping, Error> {
         let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
         let max_len = round_to_os_pages(max_len.max(len)).ok_or(Error::InvalidCapacity { requested: max_len })?;
-        match policy {
-            BackingPolicy::ForceFallback => Self::create_as(len, max_len, Backing::MlockedMemfd),
+        let reserved = Reserved::new(len, max_len)?;
+        let max_len = reserved.len - 2 * os_page_size();
+        let (file, backing) = match policy {
+            BackingPolicy::ForceFallback => (memfd::open(max_len)?, Backing::MlockedMemfd),
             BackingPolicy::RequireSecret | BackingPolicy::PreferSecret => match secret::open(max_len) {
-                Ok(fd) => Self::reserve_and_map(fd, len, max_len, Backing::MemfdSecret),
+                Ok(fd) => (fd, Backing::MemfdSecret),
                 Err(Error::SecretMemoryUnavailable { .. }) if policy == BackingPolicy::PreferSecret => {
-                    Self::create_as(len, max_len, Backing::MlockedMemfd)
+                    (memfd::open(max_len)?, Backing::MlockedMemfd)
                 }
-                Err(e) => Err(e),
+                Err(e) => return Err(e),
             },
-        }
-    }
-
-    fn create_as(len: usize, max_len: usize, backing: Backing) -> Result<Mapping, Error> {
-        let fd = match backing {
-            Backing::MemfdSecret => secret::open(max_len)?,
-            Backing::MlockedMemfd => memfd::open(max_len)?,
         };
-        Self::reserve_and_map(fd, len, max_len, backing)
-    }
-
-    /// Reserves `max_len` bytes plus a guard page on each side, marks it all
-    /// `MADV_DONTFORK`, and maps the first `len` bytes of `fd`.
-    fn reserve_and_map(file: OwnedFd, len: usize, max_len: usize, backing: Backing) -> Result<Mapping, Error> {
         let guard = os_page_size();
-        let reservation_len = max_len.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: max_len })?;
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses
-        // cannot alias any existing Rust object.
-        let reservation = unsafe {
-            mm::mmap_anonymous(
-                core::ptr::null_mut(),
-                reservation_len,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|errno| Error::Syscall { step: Step::Reserve, errno })?;
-        let reservation = NonNull::new(reservation.cast::<u8>()).expect("mmap never returns null on success");
+        let reservation = reserved.into_raw();
         // From here on, dropping `mapping` unmaps the whole reservation,
         // including whatever has been mapped into it, and closes the file.
         let mapping = Mapping {
             reservation,
-            reservation_len,
+            reservation_len: max_len + 2 * guard,
             // SAFETY: `guard < reservation_len`, so the result is inside the reservation.
             base: unsafe { reservation.add(guard) },
             len: AtomicUsize::new(0),
@@ -196,7 +177,7 @@ impl Mapping {
         };
         // SAFETY: advice on our own reservation; it only affects what a
         // future fork(2) child inherits.
-        unsafe { mm::madvise(reservation.as_ptr().cast(), reservation_len, Advice::LinuxDontFork) }
+        unsafe { mm::madvise(reservation.as_ptr().cast(), mapping.reservation_len, Advice::LinuxDontFork) }
             .map_err(|errno| Error::Syscall { step: Step::DontFork, errno })?;
         mapping.grow(len)?;
         Ok(mapping)
@@ -300,6 +281,57 @@ impl Drop for Mapping {
         // there is nothing useful to do with the error in a destructor.
         let _ = unsafe { mm::munmap(self.reservation.as_ptr().cast(), self.reservation_len) };
         // `file` is closed after this, when the field drops.
+    }
+}
+
+/// An anonymous `PROT_NONE` reservation not yet owned by a [`Mapping`]:
+/// unmapped if creation fails before it is handed over.
+struct Reserved {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Reserved {
+    /// Reserves `max_len` bytes plus a guard page on each side, or, where
+    /// the kernel refuses that much (`ENOMEM`, `EINVAL`), half as much, and
+    /// so on down to `len`.
+    fn new(len: usize, max_len: usize) -> Result<Reserved, Error> {
+        let guard = os_page_size();
+        let mut want = max_len;
+        loop {
+            let total = want.checked_add(2 * guard).ok_or(Error::InvalidCapacity { requested: want })?;
+            // SAFETY: a fresh anonymous mapping at an address the kernel
+            // chooses cannot alias any existing Rust object.
+            let r = unsafe {
+                mm::mmap_anonymous(
+                    core::ptr::null_mut(),
+                    total,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::NORESERVE,
+                )
+            };
+            match r {
+                Ok(p) => {
+                    let ptr = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+                    return Ok(Reserved { ptr, len: total });
+                }
+                Err(Errno::NOMEM | Errno::INVAL) if want > len => want = (want / 2 / guard * guard).max(len),
+                Err(errno) => return Err(Error::Syscall { step: Step::Reserve, errno }),
+            }
+        }
+    }
+
+    fn into_raw(self) -> NonNull<u8> {
+        let ptr = self.ptr;
+        core::mem::forget(self);
+        ptr
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        // SAFETY: our own reservation, which nothing refers to yet.
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 

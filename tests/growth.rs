@@ -17,7 +17,8 @@ fn grow_at_fd_limit(case: &str, kind: Kind) {
         assert_child_passed(&Sandbox::new(case).run());
         return;
     }
-    let Some(arena) = arena_growing(case, kind, 16 << 10, 4 << 20) else { return };
+    // Small steps: the whole run locks 48 KiB, inside a 64 KiB memlock limit.
+    let Some(arena) = arena_growing(case, kind, 8 << 10, 48 << 10) else { return };
     let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
     // SAFETY: a valid rlimit struct; lowering our own limit is always allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "setrlimit(RLIMIT_NOFILE)");
@@ -34,13 +35,13 @@ fn grow_at_fd_limit(case: &str, kind: Kind) {
         other => panic!("{case}: control: a new arena at the fd limit gave {other:?}"),
     }
     let before = arena.stats().segments;
-    let blocks: Vec<_> = (0..48).map(|i| secret_block(&arena, 16 << 10, i)).collect();
+    let blocks: Vec<_> = (0..8).map(|i| secret_block(&arena, 4096, i)).collect();
     let after = arena.stats().segments;
     assert!(after >= before + 3, "{case}: grew from {before} to {after} segments only");
     for (i, b) in blocks.iter().enumerate() {
         assert!(arena.contains(b.as_ptr()), "block {i} outside the arena");
         // SAFETY: allocated above with this layout, freed once.
-        unsafe { arena.deallocate(*b, Layout::from_size_align(16 << 10, 8).unwrap()) };
+        unsafe { arena.deallocate(*b, Layout::from_size_align(4096, 8).unwrap()) };
     }
     // SAFETY: no other thread uses the arena.
     unsafe { arena.check_invariants() }.expect("arena consistent after growing at the fd limit");
@@ -113,13 +114,13 @@ fn a_maximum_beyond_the_address_space_limit_is_reduced() {
         )
     };
     assert_eq!(p, libc::MAP_FAILED, "control: a 1 TiB reservation succeeded under RLIMIT_AS");
-    let Some(arena) = arena_growing(case, Kind::Fallback, 64 << 10, 1 << 40) else { return };
+    let Some(arena) = arena_growing(case, Kind::Fallback, 8 << 10, 1 << 40) else { return };
     let max = arena.max_capacity();
-    assert!((64 << 10..1 << 40).contains(&max), "max_capacity {max:#x}");
-    let blocks: Vec<_> = (0..32).map(|i| secret_block(&arena, 16 << 10, i)).collect();
+    assert!((8 << 10..1 << 40).contains(&max), "max_capacity {max:#x}");
+    let blocks: Vec<_> = (0..6).map(|i| secret_block(&arena, 4096, i)).collect();
     assert!(arena.stats().segments > 1, "the arena did not grow: {:?}", arena.stats());
     for b in blocks {
         // SAFETY: allocated above with this layout, freed once.
-        unsafe { arena.deallocate(b, Layout::from_size_align(16 << 10, 8).unwrap()) };
+        unsafe { arena.deallocate(b, Layout::from_size_align(4096, 8).unwrap()) };
     }
 }

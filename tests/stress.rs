@@ -269,6 +269,18 @@ fn private_expedited_membarrier() -> bool {
 
 const WHOLE: usize = 64 << 10;
 
+/// Whether at least `bytes` may still be locked; else prints why the test
+/// skips (these tests are about threads, not the budget).
+fn budget_allows(case: &str, bytes: usize) -> bool {
+    match secret_arena::memlock_budget().available() {
+        Some(avail) if avail < bytes => {
+            println!("SKIPPED {case}: needs {bytes} bytes of memlock budget, {avail} available");
+            false
+        }
+        _ => true,
+    }
+}
+
 /// A page run as large as the whole 64 KiB arena: it fits only when every
 /// page is free, including those of other threads' current slabs.
 fn whole_arena() -> Layout {
@@ -287,6 +299,9 @@ fn small(arena: &SecretArena, size: usize) -> NonNull<u8> {
 /// (one `membarrier`), and the idle thread allocates again afterwards.
 #[test]
 fn an_idle_threads_empty_slab_is_reclaimed() {
+    if !budget_allows("an_idle_threads_empty_slab_is_reclaimed", 1 << 20) {
+        return;
+    }
     if !private_expedited_membarrier() {
         println!("SKIPPED an_idle_threads_empty_slab_is_reclaimed: no membarrier(PRIVATE_EXPEDITED) here");
         return;
@@ -328,6 +343,9 @@ fn an_idle_threads_empty_slab_is_reclaimed() {
 /// last block.
 #[test]
 fn a_dead_threads_slabs_come_back() {
+    if !budget_allows("a_dead_threads_slabs_come_back", 1 << 20) {
+        return;
+    }
     let arena = SecretArena::builder().capacity(WHOLE).build().unwrap();
     let handed = thread::scope(|s| {
         // `join` returns after the thread's exit destructors ran.
@@ -364,6 +382,9 @@ fn a_dead_threads_slabs_come_back() {
 /// their slabs taken back, and a small arena never runs out.
 #[test]
 fn waves_of_short_lived_threads_reuse_slots_and_slabs() {
+    if !budget_allows("waves_of_short_lived_threads_reuse_slots_and_slabs", 4 << 20) {
+        return;
+    }
     let arena = SecretArena::builder().capacity(64 << 10).max_capacity(2 << 20).build().unwrap();
     let (tx, rx) = sync_channel::<(usize, usize)>(1024);
     let waves = std::env::var("SECRET_ARENA_STRESS_WAVES").ok().and_then(|v| v.parse().ok()).unwrap_or(80);

@@ -8,6 +8,12 @@
 //! the one that allocated them: they travel round a ring of channels. A
 //! quarter of the rounds also grow or shrink a block, in place or by a move.
 //! At the end every block is freed and `check_invariants` runs.
+//!
+//! The thread-owned slabs get their own cases: an idle live thread's empty
+//! slab is taken back when pages run out (one `membarrier`), a dead thread's
+//! slabs come back (the empty one when pages run out, the other with its
+//! last free), and waves of short-lived threads, more than there are thread
+//! slots, reuse slots, heaps and slabs.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;

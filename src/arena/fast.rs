@@ -8,7 +8,7 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use super::classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, class_for};
+use super::classes::{CHUNK_OF, CLASS_COUNT, CLASS_SIZES, NO_CHUNK, PAGE, class_for};
 use super::slab::{PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, bit};
 use super::{Block, Misuse, SecretArena, dangling, thread};
 use crate::sync::{Ordering, light_fence};
@@ -115,11 +115,10 @@ impl SecretArena {
     #[inline]
     fn chunk_at(head: &PageMeta, state: u32, addr: usize, off: usize) -> Result<Block<'_>, Misuse> {
         let class = (state & 0xff) as usize;
-        let info = &CLASSES[class];
-        let idx = ((off as u64 * info.recip) >> 32) as usize;
-        if idx * info.size as usize != off || idx >= info.chunks as usize {
-            return Err(Misuse::NotAllocated(addr));
-        }
+        let idx = match CHUNK_OF.get(class).and_then(|t| t.get(off / 16)) {
+            Some(&i) if off % 16 == 0 && i != NO_CHUNK => i as usize,
+            _ => return Err(Misuse::NotAllocated(addr)),
+        };
         Ok(Block::Chunk { head, class, idx })
     }
 

@@ -16,7 +16,8 @@ use crate::global;
 // - Blocks returned by `allocate` are valid for reads and writes of the
 //   returned length: they are chunks or page runs inside a mapping that
 //   stays mapped until the arena is dropped, and a block is handed to one
-//   caller at a time (the bitmap CAS or the page lock decides who).
+//   caller at a time (the owning thread's bitmaps, a class lock or the page
+//   lock decide who).
 // - They stay valid until deallocated, or until the arena is dropped, which
 //   the borrow checker keeps after every `&SecretArena` user; moving the
 //   arena does not move the mapping.
@@ -30,7 +31,10 @@ unsafe impl Allocator for SecretArena {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         refuse_if_inherited(self);
-        self.alloc_block(layout).ok_or(AllocError)
+        match self.alloc_block(layout) {
+            Ok(block) => block.ok_or(AllocError),
+            Err(misuse) => panic!("{misuse}"),
+        }
     }
 
     /// Free memory in the arena is always zero, so this costs nothing more
@@ -194,8 +198,9 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
                     forked_child_abort(true);
                 }
                 match arena.alloc_block(layout) {
-                    Some(b) => b.as_ptr().cast(),
-                    None => failed(layout.size(), arena.last_error(), Some(arena)),
+                    Ok(Some(b)) => b.as_ptr().cast(),
+                    Ok(None) => failed(layout.size(), arena.last_error(), Some(arena)),
+                    Err(misuse) => abort_with(misuse),
                 }
             }
             Err(e) => failed(layout.size(), Some(e), None),

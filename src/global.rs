@@ -246,12 +246,16 @@ extern "C" fn child() {
     // every explicit arena) is a hole here: reserve each PROT_NONE, so that
     // nothing this child maps later lands where stale pointers point. Best
     // effort: a hole stays a hole if the kernel refuses, and every use of an
-    // inherited arena aborts anyway.
-    crate::backing::registry::for_each_not_inherited(FORKING_PID.load(Ordering::Relaxed), |m| {
-        let _ = fork::reserve_in_child(m.reservation, m.reservation_len);
+    // inherited arena aborts anyway. And every arena's backing file
+    // descriptor was inherited, hidden arenas' too: close them, or the child
+    // could map the parent's secret files (including the heap's future
+    // segments, which are not made read-only).
+    crate::backing::registry::for_each_of_parent(FORKING_PID.load(Ordering::Relaxed), |m| {
+        if !m.inherited {
+            let _ = fork::reserve_in_child(m.reservation, m.reservation_len);
+        }
+        fork::close_inherited_fd(m.fd);
     });
-    // Today's arenas keep no descriptor open, so there is nothing to pass to
-    // `fork::close_inherited_fd`.
     // SAFETY: the prepare handler of this fork filled the cell while
     // holding `INIT`, and this is its copy in the one thread of the child.
     drop(unsafe { (*HELD.0.get()).take() });

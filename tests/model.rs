@@ -1,5 +1,7 @@
 //! Model-based property tests: random sequences of every `Allocator` method
-//! against a model of the live blocks.
+//! against a model of the live blocks, on two threads: a helper thread
+//! allocates and frees some of the blocks, so blocks cross between two
+//! threads' heaps (frees into slabs another thread owns, refills from them).
 //!
 //! Each live block is filled with its own byte pattern over its whole
 //! returned length; the pattern is checked before every free and after every
@@ -75,6 +77,17 @@ enum Op {
         align: usize,
         full: bool,
     },
+    /// An allocation on the helper thread: its own heap and slabs.
+    RemoteAlloc {
+        size: usize,
+        align: usize,
+    },
+    /// A free on the helper thread: a cross-thread free when the block came
+    /// from this thread's slabs, an owner's free when from the helper's.
+    RemoteFree {
+        pick: Index,
+        full: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +134,8 @@ fn op() -> impl Strategy<Value = Op> {
             any::<bool>()
         )
             .prop_map(|(pick, to, align, full)| Op::Shrink { pick, to, align, full }),
+        2 => (size(), align()).prop_map(|(size, align)| Op::RemoteAlloc { size, align }),
+        2 => (any::<Index>(), any::<bool>()).prop_map(|(pick, full)| Op::RemoteFree { pick, full }),
     ]
 }
 
@@ -152,6 +167,10 @@ struct Reached {
     segment_added: Cell<usize>,
     /// An empty slab went back to the page pool.
     slab_released: Cell<usize>,
+    /// A block was allocated on the helper thread.
+    remote_alloc: Cell<usize>,
+    /// A block allocated on one thread was freed on the other.
+    cross_thread_free: Cell<usize>,
 }
 
 impl Reached {
@@ -213,15 +232,36 @@ fn check_zero(ptr: NonNull<u8>, from: usize, to: usize, what: &str) -> Result<()
     Ok(())
 }
 
-struct Model<'a> {
+/// A job for the helper thread: returns an address and a length.
+type Job<'a> = Box<dyn FnOnce() -> (usize, usize) + Send + 'a>;
+
+/// A second thread that runs the model's remote ops one at a time, while
+/// the main thread waits: the model stays sequential, but blocks move
+/// between two threads' heaps.
+struct Helper<'a> {
+    jobs: std::sync::mpsc::Sender<Job<'a>>,
+    done: std::sync::mpsc::Receiver<(usize, usize)>,
+}
+
+impl<'a> Helper<'a> {
+    fn run(&self, job: Job<'a>) -> (usize, usize) {
+        self.jobs.send(job).expect("helper alive");
+        self.done.recv().expect("helper answered")
+    }
+}
+
+struct Model<'a, 'h> {
     arena: &'a SecretArena,
+    helper: &'h Helper<'a>,
+    /// Blocks allocated on the helper thread (by address).
+    remote: std::collections::HashSet<usize>,
     live: Vec<Block>,
     next_seed: u32,
     reached: &'a Reached,
     slabs: [usize; secret_arena::CLASS_COUNT],
 }
 
-impl Model<'_> {
+impl Model<'_, '_> {
     fn seed(&mut self) -> u32 {
         self.next_seed += 1;
         self.next_seed
@@ -274,6 +314,9 @@ impl Model<'_> {
             }
             Op::Free { pick, full } => {
                 let Some(b) = self.take(pick) else { return Ok(()) };
+                if self.remote.remove(&(b.ptr.as_ptr() as usize)) {
+                    Reached::bump(&self.reached.cross_thread_free);
+                }
                 check_pattern(&b, b.len, "before free")?;
                 // SAFETY: a live block of this arena; the layout fits it.
                 unsafe { self.arena.deallocate(b.ptr, b.layout_for(full)) };
@@ -303,6 +346,38 @@ impl Model<'_> {
                     Reached::bump(&self.reached.shrink_to_zero);
                 }
                 self.resized(b, old, new, r, false)?;
+            }
+            Op::RemoteAlloc { size, align } => {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                let arena = self.arena;
+                let (addr, len) = self.helper.run(Box::new(move || match arena.allocate(layout) {
+                    Ok(p) => (p.cast::<u8>().as_ptr() as usize, p.len()),
+                    Err(_) => (0, 0),
+                }));
+                let Some(ptr) = NonNull::new(addr as *mut u8) else {
+                    Reached::bump(&self.reached.alloc_failed);
+                    return Ok(());
+                };
+                Reached::bump(&self.reached.remote_alloc);
+                check_zero(ptr, 0, len, "fresh block from the helper")?;
+                let seed = self.seed();
+                fill(ptr, len, seed);
+                self.remote.insert(addr);
+                self.insert(Block { ptr, layout, len, seed })?;
+            }
+            Op::RemoteFree { pick, full } => {
+                let Some(b) = self.take(pick) else { return Ok(()) };
+                check_pattern(&b, b.len, "before a free on the helper")?;
+                let addr = b.ptr.as_ptr() as usize;
+                if !self.remote.remove(&addr) {
+                    Reached::bump(&self.reached.cross_thread_free);
+                }
+                let (arena, layout) = (self.arena, b.layout_for(full));
+                self.helper.run(Box::new(move || {
+                    // SAFETY: a live block of this arena; the layout fits it.
+                    unsafe { arena.deallocate(NonNull::new(addr as *mut u8).unwrap(), layout) };
+                    (0, 0)
+                }));
             }
         }
         Ok(())
@@ -434,18 +509,30 @@ fn run(capacity: usize, max_capacity: usize, policy: BackingPolicy, default_case
             .policy(policy)
             .build()
             .expect("test arena");
-        let mut model = Model {
-            arena: &arena,
-            live: Vec::new(),
-            next_seed: 0,
-            reached: &reached,
-            slabs: [0; secret_arena::CLASS_COUNT],
-        };
-        for op in &ops {
-            model.apply(*op)?;
-            model.check(op)?;
-        }
-        model.finish()
+        std::thread::scope(|s| {
+            let (jobs, inbox) = std::sync::mpsc::channel::<Job<'_>>();
+            let (reply, done) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                for job in inbox {
+                    reply.send(job()).expect("model alive");
+                }
+            });
+            let helper = Helper { jobs, done };
+            let mut model = Model {
+                arena: &arena,
+                helper: &helper,
+                remote: Default::default(),
+                live: Vec::new(),
+                next_seed: 0,
+                reached: &reached,
+                slabs: [0; secret_arena::CLASS_COUNT],
+            };
+            for op in &ops {
+                model.apply(*op)?;
+                model.check(op)?;
+            }
+            model.finish()
+        })
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -471,6 +558,8 @@ fn tiny_fixed_arena_matches_the_model() {
     assert_reached("grow moved a chunk", &r.grow_moved);
     assert_reached("shrink to zero", &r.shrink_to_zero);
     assert_reached("empty slab released", &r.slab_released);
+    assert_reached("allocation on the helper thread", &r.remote_alloc);
+    assert_reached("cross-thread free", &r.cross_thread_free);
 }
 
 /// One 64 KiB segment: room for runs to grow and shrink in place.
@@ -497,6 +586,7 @@ fn growable_arena_matches_the_model() {
     assert_reached("page-run allocation", &r.page_run);
     assert_reached("grow moved a chunk", &r.grow_moved);
     assert_reached("shrink to zero", &r.shrink_to_zero);
+    assert_reached("cross-thread free", &r.cross_thread_free);
 }
 
 /// The same on the mlocked-memfd fallback backing.

@@ -1,6 +1,7 @@
 //! Which backing is in use is visible, and its protections are in place:
 //! the mapping's name and VmFlags in `/proc/self/smaps`, the guard pages
-//! (present, and fatal to touch), no descriptor left open, and hibernation
+//! (present, and fatal to touch), one close-on-exec descriptor held and
+//! closed on drop, and hibernation
 //! refused while secret memory exists.
 
 mod common;
@@ -122,48 +123,52 @@ fn guard_after_faults_fallback() {
 }
 
 /// Descriptors in `/proc/self/fd` that point at a file named like `kind`'s.
-fn fds_named(kind: Kind) -> Vec<String> {
+fn fds_named(kind: Kind) -> Vec<i32> {
     std::fs::read_dir("/proc/self/fd")
         .expect("list /proc/self/fd")
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .map(|link| link.to_string_lossy().into_owned())
-        .filter(|link| link == kind.smaps_path())
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            (link.to_string_lossy() == kind.smaps_path()).then(|| e.file_name().to_str()?.parse().ok())?
+        })
         .collect()
 }
 
-/// Once the arena is mapped, no descriptor of its file is open. As a
-/// control, a file of the same kind opened by the test itself is found.
-/// Runs in a child, so no other test's arena is half-built meanwhile.
-fn no_fd(case: &str, kind: Kind) {
+/// The arena holds exactly one descriptor of its one backing file, with
+/// close-on-exec, however many segments it grows by, and closes it when
+/// dropped. Runs in a child, so no other test's arena is seen meanwhile.
+fn one_fd(case: &str, kind: Kind) {
     if !is_child(case) {
         assert_child_passed(&Sandbox::new(case).run());
         return;
     }
     let budget = common::budget();
-    let Some(arena) = arena(case, &budget, kind, 64 << 10) else { return };
+    assert_eq!(fds_named(kind), Vec::<i32>::new(), "a file of this kind was open before the arena");
+    // Small steps: it all fits a 64 KiB memlock limit.
+    let Some(arena) = common::arena_growing(case, &budget, kind, 8 << 10, 48 << 10) else { return };
     let _block = secret_block(&arena, 64, 1);
-    assert_eq!(fds_named(kind), Vec::<String>::new(), "the arena left its file open");
-    // Control: the same kind of file, held open, is seen.
-    let fd = match kind {
-        // SAFETY: memfd_secret takes one integer flags argument.
-        Kind::Secret => unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) as libc::c_int },
-        // SAFETY: the name is a NUL-terminated string.
-        Kind::Fallback => unsafe { libc::memfd_create(c"secret-arena".as_ptr(), libc::MFD_CLOEXEC) },
-    };
-    assert!(fd >= 0, "control file: {}", common::last_errno());
-    assert_eq!(fds_named(kind).len(), 1, "the control file was not seen");
-    // SAFETY: we own `fd` and close it once.
-    unsafe { libc::close(fd) };
+    let fds = fds_named(kind);
+    assert_eq!(fds.len(), 1, "the arena holds one descriptor of its file: {fds:?}");
+    // SAFETY: F_GETFD on a descriptor we just listed reads its flags only.
+    let flags = unsafe { libc::fcntl(fds[0], libc::F_GETFD) };
+    assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "the arena's descriptor is not close-on-exec");
+    // Grow by several segments: still the same one descriptor.
+    let blocks: Vec<_> = (0..6).map(|i| secret_block(&arena, 4096, i)).collect();
+    assert!(arena.stats().segments >= 3, "the arena did not grow: {:?}", arena.stats());
+    assert_eq!(fds_named(kind), fds, "growth opened another descriptor");
+    drop(blocks);
+    drop(arena);
+    assert_eq!(fds_named(kind), Vec::<i32>::new(), "the dropped arena left its file open");
 }
 
 #[test]
-fn no_fd_left_open_secret() {
-    no_fd(this_test!(), Kind::Secret);
+fn one_fd_held_and_closed_secret() {
+    one_fd(this_test!(), Kind::Secret);
 }
 
 #[test]
-fn no_fd_left_open_fallback() {
-    no_fd(this_test!(), Kind::Fallback);
+fn one_fd_held_and_closed_fallback() {
+    one_fd(this_test!(), Kind::Fallback);
 }
 
 /// While any secret-memory file exists the kernel offers no hibernation

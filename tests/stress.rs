@@ -8,6 +8,12 @@
 //! the one that allocated them: they travel round a ring of channels. A
 //! quarter of the rounds also grow or shrink a block, in place or by a move.
 //! At the end every block is freed and `check_invariants` runs.
+//!
+//! The thread-owned slabs get their own cases: an idle live thread's empty
+//! slab is taken back when pages run out (one `membarrier`), a dead thread's
+//! slabs come back (the empty one when pages run out, the other with its
+//! last free), and waves of short-lived threads, more than there are thread
+//! slots, reuse slots, heaps and slabs.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -274,4 +280,185 @@ fn eight_threads_grow_a_small_arena_and_run_it_full() {
     assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
     assert!(stats.segments > 1, "the arena never grew: {stats:?}");
     assert!(failures > 0, "the arena never ran full: {stats:?}");
+}
+
+/// Whether `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` is offered here:
+/// without it the arena cannot take slabs from idle live threads.
+fn private_expedited_membarrier() -> bool {
+    // SAFETY: MEMBARRIER_CMD_QUERY (0) takes no pointers.
+    let cmds = unsafe { libc::syscall(libc::SYS_membarrier, 0, 0, 0) };
+    cmds > 0 && cmds & (1 << 3) != 0
+}
+
+const WHOLE: usize = 64 << 10;
+
+/// Whether at least `bytes` may still be locked; else prints why the test
+/// skips (these tests are about threads, not the budget).
+fn budget_allows(case: &str, bytes: usize) -> bool {
+    match secret_arena::memlock_budget().available() {
+        Some(avail) if avail < bytes => {
+            println!("SKIPPED {case}: needs {bytes} bytes of memlock budget, {avail} available");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// A page run as large as the whole 64 KiB arena: it fits only when every
+/// page is free, including those of other threads' current slabs.
+fn whole_arena() -> Layout {
+    Layout::from_size_align(WHOLE, 4096).unwrap()
+}
+
+fn small(arena: &SecretArena, size: usize) -> NonNull<u8> {
+    let p = arena.allocate(Layout::from_size_align(size, 8).unwrap()).expect("room for a small block");
+    // SAFETY: a fresh block of at least `size` bytes.
+    unsafe { p.cast::<u8>().as_ptr().write_bytes(0x5A, size) };
+    p.cast()
+}
+
+/// A live thread that allocated and freed, then went idle, keeps its
+/// current slab; when pages run out the arena takes the empty slab back
+/// (one `membarrier`), and the idle thread allocates again afterwards.
+#[test]
+fn an_idle_threads_empty_slab_is_reclaimed() {
+    if !budget_allows("an_idle_threads_empty_slab_is_reclaimed", 1 << 20) {
+        return;
+    }
+    if !private_expedited_membarrier() {
+        println!("SKIPPED an_idle_threads_empty_slab_is_reclaimed: no membarrier(PRIVATE_EXPEDITED) here");
+        return;
+    }
+    let arena = SecretArena::builder().capacity(WHOLE).build().unwrap();
+    let (to_idle, idle_rx) = sync_channel::<()>(0);
+    let (to_main, main_rx) = sync_channel::<()>(0);
+    thread::scope(|s| {
+        let arena = &arena;
+        s.spawn(move || {
+            let p = small(arena, 32);
+            // SAFETY: allocated just above with this layout.
+            unsafe { arena.deallocate(p, Layout::from_size_align(32, 8).unwrap()) };
+            to_main.send(()).unwrap();
+            // Idle, alive, holding its (empty) slab, until told.
+            idle_rx.recv().unwrap();
+            let q = small(arena, 32);
+            // SAFETY: allocated just above with this layout.
+            unsafe { arena.deallocate(q, Layout::from_size_align(32, 8).unwrap()) };
+        });
+        main_rx.recv().unwrap();
+        assert_eq!(arena.stats().committed, 4096, "the idle thread holds its slab");
+        let all = arena.allocate(whole_arena());
+        if let Ok(all) = all {
+            // SAFETY: allocated just above with this layout.
+            unsafe { arena.deallocate(all.cast(), whole_arena()) };
+        }
+        to_idle.send(()).unwrap();
+        assert!(all.is_ok(), "the idle thread's empty slab was not reclaimed");
+    });
+    // SAFETY: every thread that used the arena has finished.
+    unsafe { arena.check_invariants() }.expect("invariants after reclaiming from an idle thread");
+    assert_eq!(arena.stats().in_use, 0);
+}
+
+/// A thread exits holding slabs: an empty one and one with a live block
+/// it handed to another thread. Its empty slab comes back when pages run
+/// out (no barrier needed), and the other is released by the free of its
+/// last block.
+#[test]
+fn a_dead_threads_slabs_come_back() {
+    if !budget_allows("a_dead_threads_slabs_come_back", 1 << 20) {
+        return;
+    }
+    let arena = SecretArena::builder().capacity(WHOLE).build().unwrap();
+    let handed = thread::scope(|s| {
+        // `join` returns after the thread's exit destructors ran.
+        s.spawn(|| {
+            // Page 0: a slab with a block that outlives the thread.
+            let kept = small(&arena, 64).as_ptr() as usize;
+            // Page 1: a slab left empty.
+            let p = small(&arena, 32);
+            // SAFETY: allocated just above with this layout.
+            unsafe { arena.deallocate(p, Layout::from_size_align(32, 8).unwrap()) };
+            kept
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(arena.stats().committed, 2 * 4096, "the dead thread's two slabs");
+    // Pages 1 to 15: needs the empty slab's page back.
+    let most = Layout::from_size_align(WHOLE - 4096, 4096).unwrap();
+    let p = arena.allocate(most).expect("the dead thread's empty slab was not reclaimed");
+    // SAFETY: allocated just above with this layout.
+    unsafe { arena.deallocate(p.cast(), most) };
+    // SAFETY: the block the dead thread allocated, freed once, here.
+    unsafe { arena.deallocate(NonNull::new(handed as *mut u8).unwrap(), Layout::from_size_align(64, 8).unwrap()) };
+    let all = arena.allocate(whole_arena()).expect("the last free did not release the dead thread's slab");
+    // SAFETY: allocated just above with this layout.
+    unsafe { arena.deallocate(all.cast(), whole_arena()) };
+    // SAFETY: no other thread uses the arena any more.
+    unsafe { arena.check_invariants() }.expect("invariants after reclaiming a dead thread's slabs");
+}
+
+/// Waves of short-lived threads, more than there are thread slots in all,
+/// allocate small blocks, free some, and hand the rest to a long-lived
+/// thread that frees them: slots and heaps of dead threads are reused and
+/// their slabs taken back, and a small arena never runs out.
+#[test]
+fn waves_of_short_lived_threads_reuse_slots_and_slabs() {
+    if !budget_allows("waves_of_short_lived_threads_reuse_slots_and_slabs", 4 << 20) {
+        return;
+    }
+    let arena = SecretArena::builder().capacity(64 << 10).max_capacity(2 << 20).build().unwrap();
+    let (tx, rx) = sync_channel::<(usize, usize)>(1024);
+    let waves = std::env::var("SECRET_ARENA_STRESS_WAVES").ok().and_then(|v| v.parse().ok()).unwrap_or(80);
+    thread::scope(|s| {
+        let arena = &arena;
+        let collector = s.spawn(move || {
+            let mut n = 0;
+            for (addr, size) in rx {
+                let b = Block { addr, len: size, layout: Layout::from_size_align(size, 8).unwrap(), tag: addr as u64 };
+                check(&b, "handed to the collector");
+                // SAFETY: a live block handed over by its allocating thread.
+                unsafe { arena.deallocate(NonNull::new(addr as *mut u8).unwrap(), b.layout) };
+                n += 1;
+            }
+            n
+        });
+        for wave in 0..waves {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let tx = tx.clone();
+                    s.spawn(move || {
+                        let mut rng =
+                            Rng(0xA5A5_5A5A_1234_5678 ^ ((wave * 8 + t) as u64 + 1).wrapping_mul(0x9E37_79B9));
+                        let mut mine = Vec::new();
+                        for i in 0..200 {
+                            let size = 16 * (1 + rng.below(16) as usize);
+                            let p = arena.allocate(Layout::from_size_align(size, 8).unwrap()).expect("room");
+                            let b = Block {
+                                addr: p.cast::<u8>().as_ptr() as usize,
+                                len: size,
+                                layout: Layout::from_size_align(size, 8).unwrap(),
+                                tag: p.cast::<u8>().as_ptr() as u64,
+                            };
+                            stamp(&b);
+                            if i % 2 == 0 { tx.send((b.addr, size)).unwrap() } else { mine.push(b) }
+                        }
+                        for b in mine {
+                            check(&b, "own block of a short-lived thread");
+                            // SAFETY: a live block of this thread.
+                            unsafe { arena.deallocate(NonNull::new(b.addr as *mut u8).unwrap(), b.layout) };
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().for_each(|h| h.join().expect("short-lived thread panicked"));
+        }
+        drop(tx);
+        assert_eq!(collector.join().unwrap(), waves * 8 * 100);
+    });
+    // SAFETY: every thread that used the arena has finished.
+    unsafe { arena.check_invariants() }.expect("invariants after waves of threads");
+    let stats = arena.stats();
+    assert_eq!(stats.in_use, 0, "blocks leaked: {stats:?}");
 }

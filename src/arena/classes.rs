@@ -50,9 +50,6 @@ pub(crate) struct ClassInfo {
     pub pages: u32,
     /// Chunks in one slab (≤ 256).
     pub chunks: u32,
-    /// `ceil(2^32 / size)`: `(offset * recip) >> 32 == offset / size` for
-    /// every offset inside a slab (offset < 2^15, size < 2^17).
-    pub recip: u64,
     /// Bitmap value of an empty slab: one bit per chunk that exists (1 =
     /// free). Bits past the last chunk stay 0, so they are never handed out.
     pub all_free: [u64; WORDS],
@@ -84,7 +81,7 @@ const fn slab_pages(size: usize) -> usize {
 }
 
 const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
-    let mut out = [ClassInfo { size: 0, pages: 0, chunks: 0, recip: 0, all_free: [0; WORDS] }; CLASS_COUNT];
+    let mut out = [ClassInfo { size: 0, pages: 0, chunks: 0, all_free: [0; WORDS] }; CLASS_COUNT];
     let mut c = 0;
     while c < CLASS_COUNT {
         let size = CLASS_SIZES[c] as usize;
@@ -106,13 +103,7 @@ const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
             };
             w += 1;
         }
-        out[c] = ClassInfo {
-            size: size as u32,
-            pages: pages as u32,
-            chunks: chunks as u32,
-            recip: (1u64 << 32).div_ceil(size as u64),
-            all_free,
-        };
+        out[c] = ClassInfo { size: size as u32, pages: pages as u32, chunks: chunks as u32, all_free };
         c += 1;
     }
     out
@@ -120,6 +111,31 @@ const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
 
 /// Geometry of every class.
 pub(crate) static CLASSES: [ClassInfo; CLASS_COUNT] = build_classes();
+
+/// 16-byte granules in the largest slab.
+pub(crate) const MAX_SLAB_GRANULES: usize = MAX_SLAB_PAGES * PAGE / 16;
+/// `CHUNK_OF` entry of a granule where no chunk starts.
+pub(crate) const NO_CHUNK: u16 = u16::MAX;
+
+const fn build_chunk_of() -> [[u16; MAX_SLAB_GRANULES]; CLASS_COUNT] {
+    let mut table = [[NO_CHUNK; MAX_SLAB_GRANULES]; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        let info = &CLASSES[c];
+        let mut i = 0;
+        while i < info.chunks as usize {
+            table[c][i * info.size as usize / 16] = i as u16;
+            i += 1;
+        }
+        c += 1;
+    }
+    table
+}
+
+/// `CHUNK_OF[class][offset / 16]`: the index of the chunk that starts at
+/// byte `offset` of a slab of `class`, or [`NO_CHUNK`]. One load instead of
+/// a division (a dependent multiply chain on the free path).
+pub(crate) static CHUNK_OF: [[u16; MAX_SLAB_GRANULES]; CLASS_COUNT] = build_chunk_of();
 
 const fn build_lookup() -> [u8; MAX_CLASS_SIZE / 16] {
     let mut table = [0u8; MAX_CLASS_SIZE / 16];
@@ -172,10 +188,13 @@ mod tests {
     }
 
     #[test]
-    fn reciprocal_division_is_exact_inside_a_slab() {
-        for info in &CLASSES {
-            for off in 0..(info.pages as u64 * PAGE as u64) {
-                assert_eq!((off * info.recip) >> 32, off / info.size as u64, "size {} off {off}", info.size);
+    fn chunk_of_finds_exactly_the_chunk_starts() {
+        for (c, info) in CLASSES.iter().enumerate() {
+            for (g, &got) in CHUNK_OF[c].iter().enumerate() {
+                let off = g * 16;
+                let starts = off % info.size as usize == 0 && off / (info.size as usize) < info.chunks as usize;
+                let want = if starts { (off / info.size as usize) as u16 } else { NO_CHUNK };
+                assert_eq!(got, want, "class {c} (size {}) offset {off}", info.size);
             }
         }
     }

@@ -36,40 +36,24 @@
 //!   (found through the process-wide registry, `backing::registry`): their
 //!   ranges are holes in the child; they are re-reserved `PROT_NONE`, so a
 //!   later `mmap` of the child cannot land where stale pointers point.
-//! - [`close_inherited_fd`] for descriptors an arena keeps open (today's
-//!   arena keeps none; see there).
+//! - [`close_inherited_fd`] on the backing file descriptor of every arena
+//!   of the parent (each arena holds one, to grow by): a child holding it
+//!   could map the parent's secret file itself.
 //!
 //! Arena files other than this one touch it in three places: the builder's
-//! `fork` field and the arena's `lineage` field (`mod.rs`), the `Fork`
-//! passed to `Mapping::create_as` when growing (`slow.rs`), and the early
-//! return in `Drop` for an inherited arena (`mod.rs`).
+//! `fork` field (`builder.rs`), the arena's `lineage` field and the early
+//! return in `Drop` for an inherited arena (`mod.rs`). The backing keeps the
+//! `Fork` for its whole reservation, including later growth steps.
 
 use std::sync::MutexGuard;
 
 use rustix::fd::RawFd;
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
-use core::sync::atomic::{AtomicU32, Ordering};
-
 use super::{SecretArena, SecretArenaBuilder, lock};
 use crate::backing::Fork;
 
-/// The fork generation of this process: 0 in the process that was exec'd,
-/// bumped by one in every `fork(2)` child by [`enter_child`].
-static GENERATION: AtomicU32 = AtomicU32::new(0);
-
-/// The current fork generation.
-#[inline]
-pub(crate) fn generation() -> u32 {
-    GENERATION.load(Ordering::Relaxed)
-}
-
-/// Marks this process as a new fork child: every arena that exists now is
-/// inherited from here on. Called first thing by the child handler, while
-/// the child has one thread.
-pub(crate) fn enter_child() {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-}
+pub(crate) use crate::backing::{enter_child, generation};
 
 /// Where an arena was born and what a fork child gets of it.
 ///
@@ -87,11 +71,6 @@ impl Lineage {
     /// The lineage of an arena being built now.
     pub(crate) fn new(fork: Fork) -> Lineage {
         Lineage { fork, generation: generation() }
-    }
-
-    /// What a child inherits of this arena's mappings, including future ones.
-    pub(crate) fn fork(self) -> Fork {
-        self.fork
     }
 
     /// Whether the arena was built before a `fork` that made this process:
@@ -156,27 +135,21 @@ impl SecretArena {
         result
     }
 
-    /// `(base, len)` of every published segment: the memory blocks live in.
+    /// `(base, len)` of the mapped prefix of the arena's reservation: the
+    /// memory blocks live in. (The rest of the reservation is `PROT_NONE`.)
     fn mapped_ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.ranges[..self.segment_count()]
-            .iter()
-            .map(|r| (r.base.load(Ordering::Relaxed), r.len.load(Ordering::Relaxed)))
+        core::iter::once((self.mapping.base().as_ptr() as usize, self.mapping.len()))
     }
 }
 
-/// Closes, in a fork child, a descriptor an arena keeps open to grow by.
-///
-/// Today's arena keeps no descriptor: the backing file is closed right after
-/// `mmap` (backing contract 2), so the child handler has nothing to pass
-/// here. An arena that keeps one file per arena open (to extend it instead
-/// of needing a new descriptor per segment) must close it in the child
-/// handler with this: a child holding the parent's backing file could map
-/// the parent's *future* segments, which are not made read-only.
+/// Closes, in a fork child, the backing file descriptor an arena of the
+/// parent holds to grow by. A child holding it could map the parent's
+/// secret file itself: the pages of a `MADV_DONTFORK` arena, and the heap's
+/// *future* segments, which are not made read-only.
 ///
 /// Uses the raw `close(2)`, not an `OwnedFd` drop, because the parent's copy
 /// of the arena still owns the number; `EINTR` is not retried (on Linux the
 /// descriptor is closed anyway).
-#[expect(dead_code, reason = "today's arena keeps no descriptor; an arena that keeps one calls this")]
 pub(crate) fn close_inherited_fd(fd: RawFd) {
     // SAFETY: in the child, nothing else uses this descriptor: the arena
     // that owns it is inherited, and no code of this process may use it.

@@ -1,13 +1,13 @@
 //! Resizing blocks: in place when the block allows it, else by moving and
 //! wiping the old block, so no copy of a secret is left behind.
 
+use crate::sync::Ordering;
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 
 use super::classes::{PAGE, class_for};
-use super::segment::{RUN_BODY, Segment};
-use super::{Block, Misuse, SecretArena, dangling, lock, slice};
+use super::slab::bit;
+use super::{Block, Misuse, SecretArena, dangling, slice};
 use crate::wipe::wipe;
 
 impl SecretArena {
@@ -28,10 +28,18 @@ impl SecretArena {
         zero: bool,
     ) -> Result<Option<NonNull<[u8]>>, Misuse> {
         if old.size() == 0 {
-            return Ok(self.alloc_block(new));
+            return self.alloc_block(new);
         }
         let addr = ptr.as_ptr() as usize;
         let block = self.locate(addr)?;
+        if let Block::Chunk { head, idx, .. } = block {
+            // A freed chunk is no block to resize (exact for the owner's
+            // own chunks; racy, like any misuse, for others').
+            let (w, mask) = bit(idx);
+            if head.free_mask(w) & mask != 0 {
+                return Err(Misuse::NotAllocated(addr));
+            }
+        }
         let len = block.len();
         if old.size() > len {
             return Err(Misuse::LayoutTooLarge { ptr: addr, size: old.size(), block: len });
@@ -57,20 +65,20 @@ impl SecretArena {
                         return Ok(Some(slice(p, len)));
                     }
                 }
-                Block::Run { seg, page, pages } => {
+                Block::Run { page, pages } => {
                     let need = new.size().div_ceil(PAGE);
                     if new.size() <= old.size() {
                         // A block small enough for a class moves to a chunk,
                         // unless the arena is full: then the run is cut down
                         // in place rather than fail.
                         if class_for(new.size(), new.align()).is_some() {
-                            if let Some(moved) = self.alloc_block(new) {
+                            if let Some(moved) = self.alloc_block(new)? {
                                 return self.finish_move(ptr, old, new, moved).map(Some);
                             }
                         }
-                        self.shrink_run(seg, page, pages, need, new.size());
+                        self.shrink_run(page, pages, need, new.size());
                         return Ok(Some(slice(p, need * PAGE)));
-                    } else if need <= pages || self.extend_run(seg, page, pages, need) {
+                    } else if need <= pages || self.extend_run(page, pages, need) {
                         if zero {
                             // SAFETY: inside the (possibly extended) live run.
                             unsafe { p.add(old.size()).write_bytes(0, new.size() - old.size()) };
@@ -80,7 +88,7 @@ impl SecretArena {
                 }
             }
         }
-        let Some(moved) = self.alloc_block(new) else {
+        let Some(moved) = self.alloc_block(new)? else {
             return Ok(None);
         };
         self.finish_move(ptr, old, new, moved).map(Some)
@@ -105,32 +113,13 @@ impl SecretArena {
     }
 
     /// Keeps the first `need` pages of a run, wiping from `keep_bytes` on.
-    fn shrink_run(&self, seg: &Segment, page: usize, pages: usize, need: usize, keep_bytes: usize) {
+    fn shrink_run(&self, page: usize, pages: usize, need: usize, keep_bytes: usize) {
         // SAFETY: `keep_bytes..pages * PAGE` is inside the live run.
-        unsafe { wipe(seg.page_addr(page).add(keep_bytes), pages * PAGE - keep_bytes) };
+        unsafe { wipe(self.page_addr(page).add(keep_bytes), pages * PAGE - keep_bytes) };
         if need == pages {
             return;
         }
-        seg.meta(page).aux.store(need as u32, Ordering::Relaxed);
-        self.return_pages(seg, page + need, pages - need);
-    }
-
-    /// Grows a run to `need` pages if the pages after it are free.
-    fn extend_run(&self, seg: &Segment, page: usize, pages: usize, need: usize) -> bool {
-        {
-            let mut counters = lock(&self.pages);
-            if !seg.take_exact(page + pages, need - pages) {
-                return false;
-            }
-            counters.committed += need - pages;
-            counters.peak = counters.peak.max(counters.committed);
-        }
-        for p in page + pages..page + need {
-            let m = seg.meta(p);
-            m.aux.store(page as u32, Ordering::Relaxed);
-            m.state.store(RUN_BODY, Ordering::Release);
-        }
-        seg.meta(page).aux.store(need as u32, Ordering::Relaxed);
-        true
+        self.pages.meta(page).aux.store(need as u32, Ordering::Relaxed);
+        self.return_pages(page + need, pages - need);
     }
 }

@@ -1,10 +1,10 @@
 //! Statistics and the invariant checker.
 
+use crate::sync::Ordering;
 use core::fmt;
-use core::sync::atomic::Ordering;
 
 use super::classes::{CLASS_COUNT, CLASS_SIZES, CLASSES, PAGE, WORDS};
-use super::segment::{FREE, PageMeta, RUN_BODY, RUN_HEAD, SLAB_BODY, SLAB_HEAD, Segment};
+use super::slab::{FREE, PageMeta, RUN_BODY, RUN_HEAD, SLAB_BODY, SLAB_HEAD, UNOWNED};
 use super::{SecretArena, lock};
 use crate::backing::Backing;
 
@@ -136,28 +136,26 @@ impl SecretArena {
             cs.chunk_size = CLASS_SIZES[c] as usize;
         }
         let mut in_runs = 0;
-        for seg in self.segments() {
-            let mut p = 0;
-            while p < seg.pages() {
-                let m = seg.meta(p);
-                let state = m.state.load(Ordering::Acquire);
-                if state & !0xff == SLAB_HEAD {
-                    let c = (state & 0xff) as usize;
-                    let info = &CLASSES[c];
-                    classes[c].slabs += 1;
-                    classes[c].chunks += info.chunks as usize;
-                    classes[c].in_use += m.used_chunks(info);
-                    p += info.pages as usize;
-                } else if state == RUN_HEAD {
-                    let pages = (m.aux.load(Ordering::Relaxed) as usize).max(1);
-                    in_runs += pages * PAGE;
-                    p += pages;
-                } else {
-                    p += 1;
-                }
+        let mut p = 0;
+        while p < self.pages.pages() {
+            let m = self.pages.meta(p);
+            let state = m.state.load(Ordering::Acquire);
+            if state & !0xff == SLAB_HEAD {
+                let c = (state & 0xff) as usize;
+                let info = &CLASSES[c];
+                classes[c].slabs += 1;
+                classes[c].chunks += info.chunks as usize;
+                classes[c].in_use += m.used_chunks(info);
+                p += info.pages as usize;
+            } else if state == RUN_HEAD {
+                let pages = (m.aux.load(Ordering::Relaxed) as usize).max(1);
+                in_runs += pages * PAGE;
+                p += pages;
+            } else {
+                p += 1;
             }
         }
-        let counters = lock(&self.pages);
+        let counters = lock(&self.page_lock);
         Stats {
             backing: self.backing,
             capacity: self.capacity(),
@@ -204,12 +202,9 @@ impl SecretArena {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub unsafe fn check_invariants(&self) -> Result<(), InvariantError> {
-        let mut committed = 0;
         let mut slabs_per_class = [0usize; CLASS_COUNT];
-        for (si, seg) in self.segments().enumerate() {
-            committed += check_segment(si, seg, &mut slabs_per_class)?;
-        }
-        let counters = lock(&self.pages);
+        let committed = self.check_pages(&mut slabs_per_class)?;
+        let counters = lock(&self.page_lock);
         if counters.committed != committed || counters.peak < committed {
             return Err(err("page counters disagree with page states", 0, 0, counters.committed));
         }
@@ -222,10 +217,13 @@ impl SecretArena {
             while !p.is_null() {
                 // SAFETY: list members point into this arena's metadata.
                 let m = unsafe { &*p };
-                let home = self.segments().enumerate().find_map(|(si, s)| s.index_of(m).map(|pg| (si, pg)));
-                let Some((si, pg)) = home else {
-                    return Err(err("class list points outside every segment", 0, 0, p as usize));
-                };
+                let meta0 = self.pages.meta(0) as *const PageMeta as usize;
+                let off = (p as usize).wrapping_sub(meta0);
+                if off % size_of::<PageMeta>() != 0 || off / size_of::<PageMeta>() >= self.pages.pages() {
+                    return Err(err("class list points outside the arena's metadata", 0, 0, p as usize));
+                }
+                let pg = off / size_of::<PageMeta>();
+                let si = self.segment_of(pg);
                 if m.state.load(Ordering::Relaxed) != SLAB_HEAD | c as u32 {
                     return Err(err("class list holds a page that is not its class's slab", si, pg, c));
                 }
@@ -261,88 +259,113 @@ fn err(what: &'static str, segment: usize, page: usize, detail: usize) -> Invari
     InvariantError { what, segment, page, detail }
 }
 
-/// Checks one segment; returns its committed pages.
-fn check_segment(si: usize, seg: &Segment, slabs: &mut [usize; CLASS_COUNT]) -> Result<usize, InvariantError> {
-    let high_water = seg.high_water();
-    if high_water > seg.pages() {
-        return Err(err("high-water mark past the segment end", si, high_water, seg.pages()));
-    }
-    let mut committed = 0;
-    let mut p = 0;
-    while p < seg.pages() {
-        let m = seg.meta(p);
-        let state = m.state.load(Ordering::Acquire);
-        let free_in_map = seg.page_is_free(p);
-        if (state == FREE) != free_in_map {
-            return Err(err("page state and free-page bitmap disagree", si, p, state as usize));
+impl SecretArena {
+    /// Checks every page; returns the committed pages.
+    fn check_pages(&self, slabs: &mut [usize; CLASS_COUNT]) -> Result<usize, InvariantError> {
+        let pages = &self.pages;
+        let n_pages = pages.pages();
+        let high_water = pages.high_water();
+        let at = |p: usize| (self.segment_of(p), p);
+        if high_water > n_pages {
+            return Err(err("high-water mark past the mapped pages", 0, high_water, n_pages));
         }
-        if state == FREE {
-            if m.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
-                return Err(err("a free page has a usable bitmap", si, p, 0));
+        let mut committed = 0;
+        let mut p = 0;
+        while p < n_pages {
+            let (si, sp) = at(p);
+            let m = pages.meta(p);
+            let state = m.state.load(Ordering::Acquire);
+            if (state == FREE) != pages.page_is_free(p) {
+                return Err(err("page state and free-page bitmap disagree", si, sp, state as usize));
             }
-            if p < high_water {
-                check_zero(si, p, seg.page_addr(p), PAGE, 0)?;
-            }
-            p += 1;
-        } else if state & !0xff == SLAB_HEAD {
-            let c = (state & 0xff) as usize;
-            if c >= CLASS_COUNT {
-                return Err(err("slab head with an unknown class", si, p, c));
-            }
-            let info = &CLASSES[c];
-            let n = info.pages as usize;
-            if p + n > seg.pages() || p + n > high_water {
-                return Err(err("slab runs past the segment or the high-water mark", si, p, n));
-            }
-            if m.base.load(Ordering::Relaxed) != seg.page_addr(p) as usize {
-                return Err(err("slab base is not its own page", si, p, m.base.load(Ordering::Relaxed)));
-            }
-            for body in p + 1..p + n {
-                let b = seg.meta(body);
-                if b.state.load(Ordering::Relaxed) != SLAB_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
-                    return Err(err("slab body page does not point at its head", si, body, p));
+            if state == FREE {
+                if m.owner.load(Ordering::Relaxed) != UNOWNED
+                    || (0..WORDS).any(|w| m.local[w].load(Ordering::Relaxed) | m.freed[w].load(Ordering::Relaxed) != 0)
+                {
+                    return Err(err("a free page has an owner or owned free chunks", si, sp, 0));
                 }
-                if b.bits.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
-                    return Err(err("a slab body page has a usable bitmap", si, body, 0));
+                if p < high_water {
+                    check_zero(si, sp, self.page_addr(p), PAGE, 0)?;
                 }
-            }
-            for w in 0..WORDS {
-                let bits = m.bits[w].load(Ordering::Relaxed);
-                if bits & !info.all_free[w] != 0 {
-                    return Err(err("bits of nonexistent chunks are set", si, p, w));
+                p += 1;
+            } else if state & !0xff == SLAB_HEAD {
+                let c = (state & 0xff) as usize;
+                if c >= CLASS_COUNT {
+                    return Err(err("slab head with an unknown class", si, sp, c));
                 }
-                for bit in 0..64 {
-                    let idx = w * 64 + bit;
-                    if idx < info.chunks as usize && bits & (1 << bit) != 0 {
-                        let chunk = seg.page_addr(p).wrapping_add(idx * info.size as usize);
-                        check_zero(si, p, chunk, info.size as usize, idx * info.size as usize)?;
+                let info = &CLASSES[c];
+                let n = info.pages as usize;
+                if p + n > n_pages || p + n > high_water {
+                    return Err(err("slab runs past the mapping or the high-water mark", si, sp, n));
+                }
+                for body in p + 1..p + n {
+                    let b = pages.meta(body);
+                    if b.state.load(Ordering::Relaxed) != SLAB_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
+                        return Err(err("slab body page does not point at its head", si, body, p));
                     }
                 }
+                self.check_slab(si, p, m, c)?;
+                slabs[c] += 1;
+                committed += n;
+                p += n;
+            } else if state == RUN_HEAD {
+                let n = m.aux.load(Ordering::Relaxed) as usize;
+                if n == 0 || p + n > n_pages || p + n > high_water {
+                    return Err(err("run length is zero or past the mapping", si, sp, n));
+                }
+                for body in p + 1..p + n {
+                    let b = pages.meta(body);
+                    if b.state.load(Ordering::Relaxed) != RUN_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
+                        return Err(err("run body page does not point at its head", si, body, p));
+                    }
+                }
+                committed += n;
+                p += n;
+            } else {
+                return Err(err("page in a state no block can start with", si, sp, state as usize));
             }
-            // The slab's tail beyond its last chunk is never handed out.
-            let used = info.chunks as usize * info.size as usize;
-            check_zero(si, p, seg.page_addr(p).wrapping_add(used), n * PAGE - used, used)?;
-            slabs[c] += 1;
-            committed += n;
-            p += n;
-        } else if state == RUN_HEAD {
-            let n = m.aux.load(Ordering::Relaxed) as usize;
-            if n == 0 || p + n > seg.pages() || p + n > high_water {
-                return Err(err("run length is zero or past the segment", si, p, n));
+        }
+        Ok(committed)
+    }
+
+    /// Checks one slab's bitmaps, owner and free bytes.
+    fn check_slab(&self, si: usize, p: usize, m: &PageMeta, c: usize) -> Result<(), InvariantError> {
+        let info = &CLASSES[c];
+        let owner = m.owner.load(Ordering::Relaxed);
+        for w in 0..WORDS {
+            let (l, f, b) = (
+                m.local[w].load(Ordering::Relaxed),
+                m.freed[w].load(Ordering::Relaxed),
+                m.bits[w].load(Ordering::Relaxed),
+            );
+            if l & f != 0 || l & b != 0 || f & b != 0 {
+                return Err(err("a chunk is in two of local, freed and bits", si, p, w));
             }
-            for body in p + 1..p + n {
-                let b = seg.meta(body);
-                if b.state.load(Ordering::Relaxed) != RUN_BODY || b.aux.load(Ordering::Relaxed) as usize != p {
-                    return Err(err("run body page does not point at its head", si, body, p));
+            if (l | f | b) & !info.all_free[w] != 0 {
+                return Err(err("bits of nonexistent chunks are set", si, p, w));
+            }
+            if owner == UNOWNED && (l | f) != 0 {
+                return Err(err("an unowned slab has owner-private free chunks", si, p, w));
+            }
+            let free = l | f | b;
+            for bit in 0..64 {
+                let idx = w * 64 + bit;
+                if idx < info.chunks as usize && free & (1 << bit) != 0 {
+                    let chunk = self.page_addr(p).wrapping_add(idx * info.size as usize);
+                    check_zero(si, p, chunk, info.size as usize, idx * info.size as usize)?;
                 }
             }
-            committed += n;
-            p += n;
-        } else {
-            return Err(err("page in a state no block can start with", si, p, state as usize));
         }
+        if owner != UNOWNED {
+            let h = self.pages.heap(super::thread::slot_of(owner));
+            if !core::ptr::eq(h.cur[c].load(Ordering::Relaxed), m) {
+                return Err(err("an owned slab is not its owner's current slab", si, p, owner as usize));
+            }
+        }
+        // The slab's tail beyond its last chunk is never handed out.
+        let used = info.chunks as usize * info.size as usize;
+        check_zero(si, p, self.page_addr(p).wrapping_add(used), info.pages as usize * PAGE - used, used)
     }
-    Ok(committed)
 }
 
 fn check_zero(si: usize, page: usize, ptr: *mut u8, len: usize, off: usize) -> Result<(), InvariantError> {

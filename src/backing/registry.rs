@@ -29,19 +29,23 @@
 //! # Fork
 //!
 //! The table is in the process image, so a `fork(2)` child inherits it,
-//! while the ranges themselves are `MADV_DONTFORK` and absent in the child.
-//! Every slot records the pid that registered it and whether its mapping is
-//! inherited on fork (`false` by default; see [`set_inherited`]); a reader
-//! skips a slot registered by another process unless its mapping is
-//! inherited.
+//! while the ranges themselves are `MADV_DONTFORK` and absent in the child
+//! (all but the global allocator's heap, which the child inherits read-only).
+//! Every slot records the pid that registered it, whether its mapping is
+//! inherited on fork, and the backing file's descriptor (which every child
+//! inherits). Readers ([`for_each`], so `purge()`) skip every slot another
+//! process registered: in a child those ranges are either holes or the
+//! parent's live memory. The fork child handler walks the parent's slots
+//! with [`for_each_of_parent`], to re-reserve the holes and close the
+//! descriptors.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::SeqCst};
 
 use crate::error::Error;
 
-/// Slots in the registry: backing mappings (arena segments) the process can have at
-/// once. [`MAX_SEGMENTS`](crate::MAX_SEGMENTS) is 64 per arena, so this is
-/// room for 16 fully grown arenas, or 1024 one-segment ones.
+/// Slots in the registry: the backing mappings the process can have at once.
+/// Each arena has one (its reservation, into which it grows), so this is the
+/// number of arenas that can be alive at once.
 pub const SLOTS: usize = 1024;
 
 const FREE: u32 = 0;
@@ -62,6 +66,8 @@ struct Slot {
     len: AtomicUsize,
     reservation: AtomicUsize,
     reservation_len: AtomicUsize,
+    /// The backing file's descriptor, held for the mapping's life.
+    fd: AtomicI32,
     /// Bytes from `base` ever handed out: the end of what a purge wipes.
     high_water: AtomicUsize,
 }
@@ -77,6 +83,7 @@ impl Slot {
         len: AtomicUsize::new(0),
         reservation: AtomicUsize::new(0),
         reservation_len: AtomicUsize::new(0),
+        fd: AtomicI32::new(-1),
         high_water: AtomicUsize::new(0),
     };
 }
@@ -103,6 +110,8 @@ pub struct MappingInfo {
     pub inherited: bool,
     /// The process that registered it.
     pub pid: u32,
+    /// The backing file's descriptor.
+    pub fd: i32,
 }
 
 /// The addresses of a mapping being registered.
@@ -111,6 +120,10 @@ pub(crate) struct Ranges {
     pub len: usize,
     pub reservation: usize,
     pub reservation_len: usize,
+    /// The backing file's descriptor, held by the mapping.
+    pub fd: i32,
+    /// Whether a `fork(2)` child inherits the mapping (no `MADV_DONTFORK`).
+    pub inherited: bool,
 }
 
 /// A registered slot, owned by one `Mapping`.
@@ -121,15 +134,15 @@ fn this_pid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
-/// Records a new mapping; its high-water mark starts at zero and it is not
-/// inherited on fork.
+/// Records a new mapping; its high-water mark starts at zero.
 pub(crate) fn register(r: Ranges) -> Result<SlotId, Error> {
     for (i, slot) in TABLE.iter().enumerate() {
         if slot.state.compare_exchange(FREE, CLAIMED, SeqCst, SeqCst).is_err() {
             continue;
         }
         slot.pid.store(this_pid(), SeqCst);
-        slot.inherited.store(false, SeqCst);
+        slot.inherited.store(r.inherited, SeqCst);
+        slot.fd.store(r.fd, SeqCst);
         slot.base.store(r.base, SeqCst);
         slot.len.store(r.len, SeqCst);
         slot.reservation.store(r.reservation, SeqCst);
@@ -148,9 +161,10 @@ pub(crate) fn raise_high_water(id: &SlotId, bytes: usize) {
     TABLE[id.0].high_water.fetch_max(bytes, SeqCst);
 }
 
-/// Records whether the slot's mapping is inherited by a fork child (the
-/// global allocator's heap is; see `Fork::Inherit`).
-pub(crate) fn set_inherited(id: &SlotId, inherited: bool) {
+/// Changes whether the slot's mapping counts as inherited (tests only: a
+/// mapping's fork behaviour is fixed when it is registered).
+#[cfg(test)]
+fn set_inherited(id: &SlotId, inherited: bool) {
     TABLE[id.0].inherited.store(inherited, SeqCst);
 }
 
@@ -180,15 +194,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
     for slot in &TABLE[..top] {
         slot.readers.fetch_add(1, SeqCst);
         if slot.state.load(SeqCst) == LIVE {
-            let info = MappingInfo {
-                base: slot.base.load(SeqCst),
-                len: slot.len.load(SeqCst),
-                reservation: slot.reservation.load(SeqCst),
-                reservation_len: slot.reservation_len.load(SeqCst),
-                high_water: slot.high_water.load(SeqCst),
-                inherited: slot.inherited.load(SeqCst),
-                pid: slot.pid.load(SeqCst),
-            };
+            let info = info_of(slot);
             if info.pid == pid {
                 f(&info);
             }
@@ -197,24 +203,29 @@ pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
     }
 }
 
-/// As [`for_each`], but for a `pthread_atfork` child handler: calls `f` with
-/// every live mapping registered by the *parent* (`parent_pid`) that the
-/// child did not inherit, so the handler can re-reserve its range
-/// `PROT_NONE`. Runs in the child, where only the forking thread exists.
-pub(crate) fn for_each_not_inherited(parent_pid: u32, mut f: impl FnMut(&MappingInfo)) {
+/// For a `pthread_atfork` child handler: calls `f` with every live mapping
+/// registered by the *parent* (`parent_pid`), inherited or not, so the
+/// handler can re-reserve the holes `PROT_NONE` and close the inherited
+/// descriptors. Runs in the child, where only the forking thread exists.
+pub(crate) fn for_each_of_parent(parent_pid: u32, mut f: impl FnMut(&MappingInfo)) {
     let top = TOP.load(SeqCst).min(SLOTS);
     for slot in &TABLE[..top] {
-        if slot.state.load(SeqCst) == LIVE && slot.pid.load(SeqCst) == parent_pid && !slot.inherited.load(SeqCst) {
-            f(&MappingInfo {
-                base: slot.base.load(SeqCst),
-                len: slot.len.load(SeqCst),
-                reservation: slot.reservation.load(SeqCst),
-                reservation_len: slot.reservation_len.load(SeqCst),
-                high_water: slot.high_water.load(SeqCst),
-                inherited: false,
-                pid: parent_pid,
-            });
+        if slot.state.load(SeqCst) == LIVE && slot.pid.load(SeqCst) == parent_pid {
+            f(&info_of(slot));
         }
+    }
+}
+
+fn info_of(slot: &Slot) -> MappingInfo {
+    MappingInfo {
+        base: slot.base.load(SeqCst),
+        len: slot.len.load(SeqCst),
+        reservation: slot.reservation.load(SeqCst),
+        reservation_len: slot.reservation_len.load(SeqCst),
+        high_water: slot.high_water.load(SeqCst),
+        inherited: slot.inherited.load(SeqCst),
+        pid: slot.pid.load(SeqCst),
+        fd: slot.fd.load(SeqCst),
     }
 }
 
@@ -298,7 +309,7 @@ mod tests {
             )
         }
         .unwrap() as usize;
-        Ranges { base: p, len, reservation: p, reservation_len: len }
+        Ranges { base: p, len, reservation: p, reservation_len: len, fd: -1, inherited: false }
     }
 
     #[test]
@@ -337,11 +348,13 @@ mod tests {
         set_inherited(&id, true);
         assert_eq!(count(), 0, "an inherited mapping is the parent's live memory: never purged by a child");
         let mut listed = 0;
-        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
-        assert_eq!(listed, 0, "inherited mappings need no re-reservation");
+        for_each_of_parent(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base && m.inherited));
+        assert_eq!(listed, 1, "the child handler sees the parent's inherited mapping");
         set_inherited(&id, false);
-        for_each_not_inherited(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base));
-        assert_eq!(listed, 1);
+        for_each_of_parent(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base && !m.inherited));
+        assert_eq!(listed, 2, "and its other mappings");
+        for_each_of_parent(this_pid(), |m| listed += usize::from(m.base == base));
+        assert_eq!(listed, 2, "but not this process's own");
         deregister(id);
     }
 }

@@ -239,6 +239,28 @@ pub fn arena(case: &str, budget: &Budget, kind: Kind, capacity: usize) -> Option
     }
 }
 
+/// As [`arena`], with room to grow from `capacity` to `max_capacity`.
+pub fn arena_growing(
+    case: &str,
+    budget: &Budget,
+    kind: Kind,
+    capacity: usize,
+    max_capacity: usize,
+) -> Option<SecretArena> {
+    let (capacity, max_capacity) = (budget.fit(capacity), budget.fit(max_capacity));
+    match SecretArena::builder().capacity(capacity).max_capacity(max_capacity).policy(kind.policy()).build() {
+        Ok(a) => {
+            assert_eq!(a.backing(), kind.backing(), "{case}: wrong backing");
+            Some(a)
+        }
+        Err(Error::SecretMemoryUnavailable { errno }) if kind == Kind::Secret => {
+            skip_no_secret(case, errno);
+            None
+        }
+        Err(e) => panic!("{case}: building a growing {kind:?} arena failed: {e}"),
+    }
+}
+
 /// Skips a secret-backing case, or fails under [`STRICT_VAR`].
 pub fn skip_no_secret(case: &str, errno: Errno) {
     let reason = format!("memfd_secret is not available here ({errno}): nothing to check on secret backing");

@@ -1,0 +1,164 @@
+//! The owner's fast paths, and finding a block from its address.
+//!
+//! A thread allocates from, and frees into, the slabs it owns with plain
+//! loads and stores (`slab`), between two stores to its heap's `busy` flag
+//! that let a reclaimer know when it is safe to take a slab (`reclaim`).
+//! Everything else goes to `slow`.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use super::classes::{CHUNK_OF, CLASS_COUNT, CLASS_SIZES, NO_CHUNK, PAGE, class_for};
+use super::slab::{PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, bit};
+use super::{Block, Misuse, SecretArena, dangling, thread};
+use crate::sync::{Ordering, light_fence};
+use crate::wipe::wipe_chunk;
+
+impl SecretArena {
+    /// Allocates a block for `layout`. `Ok(None)` when the arena is full;
+    /// `Err` when a refill found a chunk freed twice (by two threads).
+    #[inline]
+    pub(crate) fn alloc_block(&self, layout: Layout) -> Result<Option<NonNull<[u8]>>, Misuse> {
+        if layout.size() == 0 {
+            return Ok(Some(dangling(layout.align())));
+        }
+        if let Some(class) = class_for(layout.size(), layout.align()) {
+            if let Some(p) = self.alloc_chunk(class)? {
+                // SAFETY: chunk addresses are inside the mapping, never null.
+                let p = unsafe { NonNull::new_unchecked(p as *mut u8) };
+                return Ok(Some(NonNull::slice_from_raw_parts(p, CLASS_SIZES[class] as usize)));
+            }
+            return self.alloc_small_fallback(class, layout);
+        }
+        Ok(self.alloc_run(layout))
+    }
+
+    /// The owner's allocation: the lowest chunk of its current slab's
+    /// `local`, refilling `local` once if it is empty.
+    #[inline]
+    fn alloc_chunk(&self, class: usize) -> Result<Option<usize>, Misuse> {
+        let t = thread::token();
+        let h = self.pages.heap(thread::slot_of(t));
+        h.busy.store(1, Ordering::Relaxed);
+        light_fence();
+        debug_assert!(class < CLASS_COUNT);
+        // SAFETY: `class_for` only gives classes below CLASS_COUNT.
+        let cur = unsafe { h.cur.get_unchecked(class) }.load(Ordering::Relaxed);
+        if h.token.load(Ordering::Relaxed) == t && !cur.is_null() {
+            // SAFETY: `cur` points into this arena's metadata (heap
+            // invariant 2), which lives as long as `self`.
+            let s = unsafe { &*cur };
+            let got = match s.take_local() {
+                Some(i) => Ok(Some(i)),
+                None => match s.refill() {
+                    Ok(true) => Ok(s.take_local()),
+                    Ok(false) => Ok(None),
+                    Err(i) => Err(i),
+                },
+            };
+            h.busy.store(0, Ordering::Release);
+            match got {
+                Ok(Some(i)) => return Ok(Some(self.chunk_addr(s, class, i))),
+                Err(i) => return Err(Misuse::NotAllocated(self.chunk_addr(s, class, i))),
+                Ok(None) => {}
+            }
+        } else {
+            h.busy.store(0, Ordering::Release);
+        }
+        self.alloc_chunk_slow(class, t, true)
+    }
+
+    /// Finds the live block that starts at `addr`: a subtraction and a shift
+    /// for every segment, since all lie in one reservation.
+    #[inline]
+    pub(super) fn locate(&self, addr: usize) -> Result<Block<'_>, Misuse> {
+        let off = addr.wrapping_sub(self.base);
+        if off >= self.pages.pages() * PAGE {
+            return Err(Misuse::Foreign(addr));
+        }
+        let page = off / PAGE;
+        // SAFETY: `page < pages()`, checked just above.
+        let meta = unsafe { self.pages.meta_unchecked(page) };
+        let state = meta.state.load(Ordering::Acquire);
+        if state & !0xff == SLAB_HEAD {
+            // The common case: the block is in its slab's first page.
+            return Self::chunk_at(meta, state, addr, off % PAGE);
+        }
+        self.locate_slow(meta, page, state, addr)
+    }
+
+    #[cold]
+    fn locate_slow<'a>(&'a self, meta: &PageMeta, page: usize, state: u32, addr: usize) -> Result<Block<'a>, Misuse> {
+        match state {
+            SLAB_BODY => {
+                let head_page = meta.aux.load(Ordering::Relaxed) as usize;
+                if head_page > page {
+                    return Err(Misuse::NotAllocated(addr));
+                }
+                let head = self.pages.meta(head_page);
+                let head_state = head.state.load(Ordering::Acquire);
+                if head_state & !0xff != SLAB_HEAD {
+                    return Err(Misuse::NotAllocated(addr));
+                }
+                Self::chunk_at(head, head_state, addr, (page - head_page) * PAGE + addr % PAGE)
+            }
+            RUN_HEAD if addr % PAGE == 0 => {
+                let pages = meta.aux.load(Ordering::Relaxed) as usize;
+                Ok(Block::Run { page, pages })
+            }
+            _ => Err(Misuse::NotAllocated(addr)),
+        }
+    }
+
+    /// The chunk at byte `off` of the slab whose head is `head`, if `off` is
+    /// a chunk's start. Whether the chunk is live is the free's to check.
+    #[inline]
+    fn chunk_at(head: &PageMeta, state: u32, addr: usize, off: usize) -> Result<Block<'_>, Misuse> {
+        let class = (state & 0xff) as usize;
+        let idx = match CHUNK_OF.get(class).and_then(|t| t.get(off / 16)) {
+            Some(&i) if off % 16 == 0 && i != NO_CHUNK => i as usize,
+            _ => return Err(Misuse::NotAllocated(addr)),
+        };
+        Ok(Block::Chunk { head, class, idx })
+    }
+
+    /// Wipes and frees the block at `ptr`.
+    #[inline]
+    pub(crate) fn free_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
+        if layout.size() == 0 {
+            return Ok(());
+        }
+        let addr = ptr.as_ptr() as usize;
+        let block = self.locate(addr)?;
+        if layout.size() > block.len() {
+            return Err(Misuse::LayoutTooLarge { ptr: addr, size: layout.size(), block: block.len() });
+        }
+        match block {
+            Block::Chunk { head, class, idx } => self.free_chunk(ptr.as_ptr(), head, class, idx),
+            Block::Run { page, pages } => self.free_run(page, pages, addr),
+        }
+    }
+
+    /// The owner's free: checked against `local | freed`, wiped, put in
+    /// `freed`. A slab the thread does not own goes to `free_remote`.
+    #[inline]
+    fn free_chunk(&self, ptr: *mut u8, head: &PageMeta, class: usize, idx: usize) -> Result<(), Misuse> {
+        let (w, mask) = bit(idx);
+        let t = thread::token();
+        let h = self.pages.heap(thread::slot_of(t));
+        h.busy.store(1, Ordering::Relaxed);
+        light_fence();
+        if head.owner.load(Ordering::Relaxed) == t && h.token.load(Ordering::Relaxed) == t {
+            let ok = head.owner_free(w, mask, || {
+                // SAFETY: `locate` found a chunk of this class at `ptr`, and
+                // it is not free, so it is the caller's live block, which it
+                // gives up; chunks are 16-aligned multiples of 16.
+                unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) }
+            });
+            h.busy.store(0, Ordering::Release);
+            return if ok { Ok(()) } else { Err(Misuse::NotAllocated(ptr as usize)) };
+        }
+        h.busy.store(0, Ordering::Release);
+        self.free_remote(ptr, head, class, w, mask)
+    }
+}

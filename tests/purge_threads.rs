@@ -180,14 +180,25 @@ fn fill_registry(case: &str) {
     assert_eq!(err, Error::MappingRegistryFull { slots: secret_arena::MAX_MAPPINGS }, "{err}");
     assert!(err.to_string().contains("purge()"), "{err}");
     assert_eq!(arenas.len(), secret_arena::MAX_MAPPINGS, "no other arena exists in this child");
-    // A full table also stops growth of an existing arena, with the error
-    // recorded.
+    // An arena registers its one reservation when it is built, so growing
+    // into it needs no new slot: growth still works with the table full, and
+    // what it adds is still purged.
     arenas.pop();
     let growing = SecretArena::builder().capacity(4096).max_capacity(64 << 10).build().expect("room for one");
-    let first = growing.allocate(Layout::from_size_align(4096, 4096).unwrap());
-    assert!(first.is_ok());
-    assert!(growing.allocate(Layout::from_size_align(4096, 4096).unwrap()).is_err(), "grew past a full registry");
-    assert_eq!(growing.last_error(), Some(Error::MappingRegistryFull { slots: secret_arena::MAX_MAPPINGS }));
+    assert!(SecretArena::new(4096).is_err(), "the table is full again");
+    let blocks: Vec<_> =
+        (0..4).map(|_| growing.allocate(Layout::from_size_align(4096, 4096).unwrap()).expect("growth")).collect();
+    assert!(growing.capacity() > 4096, "the arena did not grow");
+    for b in &blocks {
+        // SAFETY: a live block of 4096 bytes.
+        unsafe { b.cast::<u8>().as_ptr().write_bytes(0x5A, 4096) };
+    }
+    secret_arena::purge();
+    for b in &blocks {
+        // SAFETY: a live block of 4096 bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(b.cast::<u8>().as_ptr(), 4096) };
+        assert!(bytes.iter().all(|&x| x == 0), "purge missed memory added by growth");
+    }
     drop(growing);
     arenas.truncate(10);
     assert!(SecretArena::new(4096).is_ok(), "dropped arenas free their slots");

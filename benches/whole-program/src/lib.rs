@@ -42,6 +42,8 @@ fn cpu_times() -> (Duration, Duration) {
 impl Timer {
     pub fn start(&mut self) {
         assert!(self.start.is_none(), "a workload starts its timer once");
+        // The memlock report tells an abort while preparing from one in the phase by this line.
+        eprintln!("timed phase starts");
         let (user, sys) = cpu_times();
         self.start = Some((Instant::now(), user, sys));
     }

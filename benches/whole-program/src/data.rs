@@ -31,8 +31,8 @@ impl Rng {
 
 const WORDS: &[&str] = &[
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
-    "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey",
-    "xray", "yankee", "zulu", "secret", "arena", "kernel", "page", "slab", "memory", "token", "password",
+    "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
+    "yankee", "zulu", "secret", "arena", "kernel", "page", "slab", "memory", "token", "password",
 ];
 const DOMAINS: &[&str] = &["example.com", "mail.example.org", "corp.example.net", "test.invalid"];
 const KINDS: &[&str] = &["login", "logout", "purchase", "refund", "rotate-key", "upload"];
@@ -111,7 +111,7 @@ pub fn json_text(bytes: usize) -> String {
 /// addresses, one record per line.
 pub fn log_text(bytes: usize) -> String {
     use std::fmt::Write;
-    let mut rng = Rng::new(0x5245_4745_58);
+    let mut rng = Rng::new(0x0052_4547_4558);
     let mut s = String::with_capacity(bytes + 256);
     while s.len() < bytes {
         let _ = write!(

@@ -58,7 +58,8 @@ impl Timer {
 
 /// The backing of the secret arena's mappings in `/proc/self/smaps`.
 fn smaps_backing() -> Result<(&'static str, usize, u64), String> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").map_err(|e| format!("cannot read /proc/self/smaps: {e}"))?;
+    let smaps =
+        std::fs::read_to_string("/proc/self/smaps").map_err(|e| format!("cannot read /proc/self/smaps: {e}"))?;
     let (mut secret, mut memfd, mut locked_kib) = (0usize, 0usize, 0u64);
     let mut in_arena = false;
     for line in smaps.lines() {

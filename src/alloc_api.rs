@@ -30,9 +30,9 @@ use crate::global;
 unsafe impl Allocator for SecretArena {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        refuse_if_inherited(self);
         match self.alloc_block(layout) {
             Ok(block) => block.ok_or(AllocError),
+            Err(Misuse::Forked) => forked_child_abort(false),
             Err(misuse) => panic!("{misuse}"),
         }
     }
@@ -53,9 +53,10 @@ unsafe impl Allocator for SecretArena {
     /// the arena can recover from silently.
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        refuse_if_inherited(self);
-        if let Err(misuse) = self.free_block(ptr, layout) {
-            panic!("{misuse}");
+        match self.free_block(ptr, layout) {
+            Ok(()) => {}
+            Err(Misuse::Forked) => forked_child_abort(false),
+            Err(misuse) => panic!("{misuse}"),
         }
     }
 
@@ -193,16 +194,12 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match global::heap() {
-            Ok(arena) => {
-                if arena.is_inherited() {
-                    forked_child_abort(true);
-                }
-                match arena.alloc_block(layout) {
-                    Ok(Some(b)) => b.as_ptr().cast(),
-                    Ok(None) => failed(layout.size(), arena.last_error(), Some(arena)),
-                    Err(misuse) => abort_with(misuse),
-                }
-            }
+            Ok(arena) => match arena.alloc_block(layout) {
+                Ok(Some(b)) => b.as_ptr().cast(),
+                Ok(None) => failed(layout.size(), arena.last_error(), Some(arena)),
+                Err(Misuse::Forked) => forked_child_abort(true),
+                Err(misuse) => abort_with(misuse),
+            },
             Err(e) => failed(layout.size(), Some(e), None),
         }
     }
@@ -220,11 +217,10 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
         let Some(arena) = global::existing_heap() else {
             abort_with(Misuse::Foreign(ptr.as_ptr() as usize));
         };
-        if arena.is_inherited() {
-            forked_child_abort(true);
-        }
-        if let Err(misuse) = arena.free_block(ptr, layout) {
-            abort_with(misuse);
+        match arena.free_block(ptr, layout) {
+            Ok(()) => {}
+            Err(Misuse::Forked) => forked_child_abort(true),
+            Err(misuse) => abort_with(misuse),
         }
     }
 

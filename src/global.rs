@@ -186,7 +186,7 @@ static REGISTER: Once = Once::new();
 
 /// Installs the `pthread_atfork` handlers, once per process (a child
 /// inherits them).
-fn register_fork_handlers() {
+pub(crate) fn register_fork_handlers() {
     REGISTER.call_once(|| {
         // SAFETY: the three handlers are `extern "C" fn()` that live for the
         // whole program. pthread_atfork allocates with glibc's malloc, never
@@ -232,6 +232,7 @@ extern "C" fn parent() {
 /// arena's holes are re-reserved; then the locks are released.
 extern "C" fn child() {
     fork::enter_child();
+    crate::arena::thread::enter_child();
     if let Some(heap) = HEAP.get() {
         if let Err(errno) = heap.protect_in_child() {
             // The child must not run with a writable view of the parent's

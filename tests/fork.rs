@@ -12,7 +12,7 @@ mod common;
 
 use std::ffi::CString;
 
-use common::{Kind, arena, pattern, read_bytes, secret_block};
+use common::{Kind, Sandbox, arena, assert_child_passed, is_child, pattern, read_bytes, secret_block};
 
 const LEN: usize = 64;
 
@@ -163,4 +163,58 @@ fn fork_child_cannot_touch_secret() {
 #[test]
 fn fork_child_cannot_touch_fallback() {
     fork_case(this_test!(), Kind::Fallback);
+}
+
+/// A program that only ever builds an explicit arena (never the
+/// process-wide ones) still gets the fork handlers: in a fork child the
+/// arena's range is re-reserved, its descriptor is closed, and using it
+/// aborts (the fork line) instead of handing out memory that is not there.
+/// Runs in a fresh process, so no other test's arena registers the handlers.
+#[test]
+fn fork_child_refuses_an_explicit_arena_alone() {
+    let case = this_test!();
+    if !is_child(case) {
+        assert_child_passed(&Sandbox::new(case).run());
+        return;
+    }
+    let budget = common::budget();
+    let Some(arena) = arena(case, &budget, Kind::Fallback, 16 << 10) else { return };
+    let block = secret_block(&arena, LEN, 9);
+    let addr = block.as_ptr() as usize & !4095;
+    assert_eq!(common::arena_fds(), 1, "control: the parent holds the arena's descriptor");
+    let status = in_fork(|| {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; on success
+        // the page was a hole (not re-reserved).
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut _,
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return 80;
+        }
+        if common::arena_fds() != 0 {
+            return 81;
+        }
+        82
+    });
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 82, "80: range not re-reserved; 81: descriptor not closed");
+    let status = in_fork(|| {
+        let layout = allocator_api2::alloc::Layout::from_size_align(32, 8).unwrap();
+        let _ = allocator_api2::alloc::Allocator::allocate(&arena, layout);
+        83
+    });
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "allocating from an inherited arena in a fork child: status {status:#x}"
+    );
+    // The parent's arena and secret are untouched.
+    // SAFETY: the block is live and LEN bytes long.
+    assert_eq!(unsafe { read_bytes(block.as_ptr(), LEN) }, pattern(LEN, 9));
 }

@@ -372,7 +372,7 @@ fn explicit_arena_is_re_reserved_in_child() {
     let addr = secret.as_ptr() as usize;
     let seg = common::vma_containing(addr).expect("mapped in the parent");
     let (start, end) = (seg.start, seg.end);
-    assert!(arena_fds() >= 1, "control: the parent holds its arenas' descriptors");
+    assert!(common::arena_fds() >= 1, "control: the parent holds its arenas' descriptors");
     let child = in_fork(|| {
         // The data pages, and the guard page on each side.
         for probe in [start - 4096, start, end - 4096, end] {
@@ -382,7 +382,7 @@ fn explicit_arena_is_re_reserved_in_child() {
         }
         // No backing file descriptor survives into the child: it could map
         // the parent's secret files with one.
-        if arena_fds() != 0 {
+        if common::arena_fds() != 0 {
             return 72;
         }
         71
@@ -396,56 +396,6 @@ fn explicit_arena_is_re_reserved_in_child() {
         child.stderr
     );
     assert_eq!(*secret, [0x5A; 32]);
-}
-
-/// How many open descriptors are arena backing files (`/secretmem` or the
-/// fallback's `/memfd:secret-arena`), without allocating: usable in a fork
-/// child, where the heap refuses to.
-fn arena_fds() -> usize {
-    let mut n = 0;
-    for fd in 0..4096 {
-        let mut path = [0u8; 32];
-        let mut len = 0;
-        for &b in b"/proc/self/fd/" {
-            path[len] = b;
-            len += 1;
-        }
-        let mut digits = [0u8; 8];
-        let digits = fd.to_string_in(&mut digits);
-        for &b in digits {
-            path[len] = b;
-            len += 1;
-        }
-        let mut target = [0u8; 64];
-        // SAFETY: `path` is NUL-terminated (zero-filled), `target` writable.
-        let r = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), target.len()) };
-        if r > 0 {
-            let t = &target[..r as usize];
-            n += usize::from(t.starts_with(b"/secretmem") || t.starts_with(b"/memfd:secret-arena"));
-        }
-    }
-    n
-}
-
-/// Decimal digits of a small number into a stack buffer.
-trait ToStringIn {
-    fn to_string_in(self, buf: &mut [u8; 8]) -> &[u8];
-}
-
-impl ToStringIn for i32 {
-    fn to_string_in(self, buf: &mut [u8; 8]) -> &[u8] {
-        let mut v = self;
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        &buf[i..]
-    }
 }
 
 // ----- no child hangs -----

@@ -106,6 +106,10 @@ impl SecretArenaBuilder {
     /// # Ok::<(), secret_arena::Error>(())
     /// ```
     pub fn build(self) -> Result<SecretArena, Error> {
+        // Before the first mapping exists: a fork child must find every arena
+        // marked inherited, its holes re-reserved and its descriptor closed,
+        // whether or not the program ever touches the process-wide arenas.
+        crate::global::register_fork_handlers();
         let page = os_page_size();
         let max = self.max_capacity.unwrap_or(self.capacity).max(self.capacity);
         let mapping = Mapping::create(self.capacity, max / page * page, self.policy, self.fork)?;

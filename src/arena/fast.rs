@@ -30,6 +30,9 @@ impl SecretArena {
             }
             return self.alloc_small_fallback(class, layout);
         }
+        if self.is_inherited() {
+            return Err(Misuse::Forked);
+        }
         Ok(self.alloc_run(layout))
     }
 
@@ -135,6 +138,7 @@ impl SecretArena {
         }
         match block {
             Block::Chunk { head, class, idx } => self.free_chunk(ptr.as_ptr(), head, class, idx),
+            Block::Run { .. } if self.is_inherited() => Err(Misuse::Forked),
             Block::Run { page, pages } => self.free_run(page, pages, addr),
         }
     }

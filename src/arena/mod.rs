@@ -70,9 +70,28 @@ pub use stats::{ClassStats, InvariantError, Stats};
 /// `MAX_SEGMENTS - 1` more. All of them lie in one address-space reservation
 /// made for `max_capacity`, so finding a block's metadata costs the same in
 /// every segment.
+///
+/// # Examples
+///
+/// ```
+/// use secret_arena::{MAX_SEGMENTS, SecretArena};
+///
+/// let arena = SecretArena::builder().capacity(4096).max_capacity(1 << 20).build()?;
+/// assert!(arena.stats().segments <= MAX_SEGMENTS);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const MAX_SEGMENTS: usize = 64;
 
 /// Default capacity of [`SecretArena::builder`]: 1 MiB.
+///
+/// # Examples
+///
+/// ```no_run
+/// // Needs 1 MiB of RLIMIT_MEMLOCK (or CAP_IPC_LOCK).
+/// let arena = secret_arena::SecretArena::builder().build()?;
+/// assert_eq!(arena.capacity(), secret_arena::DEFAULT_CAPACITY);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// A slab allocator over secret memory.
@@ -165,7 +184,17 @@ unsafe impl Sync for SecretArena {}
 pub(crate) enum Misuse {
     Foreign(usize),
     NotAllocated(usize),
-    LayoutTooLarge { ptr: usize, size: usize, block: usize },
+    LayoutTooLarge {
+        ptr: usize,
+        size: usize,
+        block: usize,
+    },
+    /// The arena was built before a `fork(2)` that made this process: its
+    /// memory is a hole here, or the parent's read-only heap (see `fork`).
+    /// Found on the slow paths only: the fork child handler resets the
+    /// thread's token (`thread::enter_child`), so no fast path matches in a
+    /// child and every call of an inherited arena reaches a slow path.
+    Forked,
 }
 
 impl fmt::Display for Misuse {
@@ -178,6 +207,7 @@ impl fmt::Display for Misuse {
             Misuse::LayoutTooLarge { ptr, size, block } => {
                 write!(f, "secret-arena: layout of {size} bytes for {ptr:#x}, whose block has only {block}")
             }
+            Misuse::Forked => write!(f, "secret-arena: an arena created before fork(2) used in the child"),
         }
     }
 }

@@ -52,6 +52,11 @@ impl SecretArena {
     #[cold]
     #[inline(never)]
     pub(super) fn alloc_chunk_slow(&self, class: usize, t: u64, may_carve: bool) -> Result<Option<usize>, Misuse> {
+        // Before any lock: in a fork child, locks of an inherited arena may
+        // be held by threads that do not exist here.
+        if self.is_inherited() {
+            return Err(Misuse::Forked);
+        }
         let t = if t == thread::UNASSIGNED { thread::assign() } else { t };
         if !thread::is_real(t) {
             return Ok(self.alloc_shared(class, may_carve));
@@ -129,6 +134,9 @@ impl SecretArena {
         w: usize,
         mask: u64,
     ) -> Result<(), Misuse> {
+        if self.is_inherited() {
+            return Err(Misuse::Forked);
+        }
         // Free in any bitmap: a double free (the owner's bitmaps are read
         // racily; a free racing the owner's refill is caught at its next).
         if head.free_mask(w) & mask != 0 {

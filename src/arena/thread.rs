@@ -155,6 +155,24 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     SLOT_USED[slot / 64].fetch_and(!(1 << (slot % 64)), Ordering::Release);
 }
 
+/// For the `pthread_atfork` child handler (the child has one thread, this
+/// one): every other thread of the parent is gone, so every slot is free
+/// again, and this thread starts over without a token. No heap of any arena
+/// then matches this thread, so its every call reaches an arena's slow
+/// path, where an arena inherited across the fork is refused
+/// (`Misuse::Forked`); tokens handed out later in the child are new
+/// (`NEXT` goes on), so they never match a slab the parent's threads own.
+/// Async-signal-safe: atomics and this thread's token cell only.
+pub(crate) fn enter_child() {
+    TOKEN.set(UNASSIGNED);
+    for (i, word) in SLOT_USED.iter().enumerate() {
+        word.store(if i == SPARE / 64 { 1 << (SPARE % 64) } else { 0 }, Ordering::Relaxed);
+    }
+    for token in &SLOT_TOKEN {
+        token.store(0, Ordering::Relaxed);
+    }
+}
+
 /// `membarrier(2)` commands (`linux/membarrier.h`).
 #[cfg_attr(all(loom, test), allow(dead_code))]
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;

@@ -45,7 +45,18 @@ use crate::error::Error;
 
 /// Slots in the registry: the backing mappings the process can have at once.
 /// Each arena has one (its reservation, into which it grows), so this is the
-/// number of arenas that can be alive at once.
+/// number of arenas that can be alive at once; one more is
+/// [`Error::MappingRegistryFull`](crate::Error::MappingRegistryFull).
+///
+/// # Examples
+///
+/// ```
+/// // Each arena takes one slot, however far it grows.
+/// let arena = secret_arena::SecretArena::builder().capacity(4096).max_capacity(64 << 10).build()?;
+/// assert!(secret_arena::MAX_MAPPINGS >= 1);
+/// # drop(arena);
+/// # Ok::<(), secret_arena::Error>(())
+/// ```
 pub const SLOTS: usize = 1024;
 
 const FREE: u32 = 0;

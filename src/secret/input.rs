@@ -29,6 +29,13 @@ mod env;
 mod tty;
 
 /// Largest file [`SecretVec::read_file`] reads: 16 MiB.
+///
+/// # Examples
+///
+/// ```
+/// // A larger file is refused with a clear error, never truncated.
+/// assert_eq!(secret_arena::READ_FILE_MAX, 16 << 20);
+/// ```
 pub const READ_FILE_MAX: usize = 16 << 20;
 
 /// Zeros to extend a buffer with before reading into it.

@@ -618,3 +618,53 @@ fn install_seccomp(filter: &[libc::sock_filter]) -> std::io::Result<()> {
         libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &prog as *const libc::sock_fprog)
     })
 }
+
+/// How many open descriptors are arena backing files (`/secretmem` or the
+/// fallback's `/memfd:secret-arena`), without allocating: usable in a fork
+/// child, where the heap refuses to.
+pub fn arena_fds() -> usize {
+    let mut n = 0;
+    for fd in 0..4096 {
+        let mut path = [0u8; 32];
+        let mut len = 0;
+        for &b in b"/proc/self/fd/" {
+            path[len] = b;
+            len += 1;
+        }
+        let mut digits = [0u8; 8];
+        let digits = fd.to_string_in(&mut digits);
+        for &b in digits {
+            path[len] = b;
+            len += 1;
+        }
+        let mut target = [0u8; 64];
+        // SAFETY: `path` is NUL-terminated (zero-filled), `target` writable.
+        let r = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), target.len()) };
+        if r > 0 {
+            let t = &target[..r as usize];
+            n += usize::from(t.starts_with(b"/secretmem") || t.starts_with(b"/memfd:secret-arena"));
+        }
+    }
+    n
+}
+
+/// Decimal digits of a small number into a stack buffer.
+pub trait ToStringIn {
+    fn to_string_in(self, buf: &mut [u8; 8]) -> &[u8];
+}
+
+impl ToStringIn for i32 {
+    fn to_string_in(self, buf: &mut [u8; 8]) -> &[u8] {
+        let mut v = self;
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        &buf[i..]
+    }
+}

@@ -13,11 +13,56 @@ use std::ffi::CStr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Output, Stdio};
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use common::{CASE_VAR, Sandbox};
 use secret_arena::{ExposeSecret, SecretArena, SecretBox, SecretGlobalAlloc};
 
+/// `SecretGlobalAlloc` in the children, whose cases test it; `System` in
+/// the parent, which only runs them and reads their output: under the CI's
+/// 64 KiB memlock level a harness on the secret heap runs out of budget
+/// itself. Decided once, at the process's first allocation, from the
+/// environment (read with `getenv`, which does not allocate).
+struct ChildOnSecretHeap;
+
 #[global_allocator]
-static ALLOC: SecretGlobalAlloc = SecretGlobalAlloc::new();
+static ALLOC: ChildOnSecretHeap = ChildOnSecretHeap;
+static SECRET: SecretGlobalAlloc = SecretGlobalAlloc::new();
+/// 0: undecided; 1: `SecretGlobalAlloc` (a child); 2: `System` (the parent).
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+fn on_secret_heap() -> bool {
+    let mut mode = MODE.load(Ordering::Relaxed);
+    if mode == 0 {
+        // SAFETY: a NUL-terminated name; getenv neither allocates nor keeps it.
+        let child = !unsafe { libc::getenv(c"SECRET_ARENA_TEST_CASE".as_ptr()) }.is_null();
+        mode = if child { 1 } else { 2 };
+        MODE.store(mode, Ordering::Relaxed);
+    }
+    mode == 1
+}
+
+// SAFETY: every block goes back to the allocator that made it: the choice
+// is made before the first allocation and never changes.
+unsafe impl GlobalAlloc for ChildOnSecretHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed through.
+        unsafe { if on_secret_heap() { SECRET.alloc(layout) } else { System.alloc(layout) } }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above; `ptr` came from the same allocator.
+        unsafe { if on_secret_heap() { SECRET.dealloc(ptr, layout) } else { System.dealloc(ptr, layout) } }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        unsafe {
+            if on_secret_heap() { SECRET.realloc(ptr, layout, new_size) } else { System.realloc(ptr, layout, new_size) }
+        }
+    }
+}
 
 const KIB: u64 = 1024;
 
@@ -87,6 +132,7 @@ fn child(case: &[u8]) {
             println!("allocated {} bytes without memfd_secret", v.len());
         }
         b"fd_limit_names_rlimit_nofile" => fd_limit_child(),
+        b"forked_child_line" => forked_child_line_child(),
         b"budget_shared" => {
             // A 32-byte secret first: the default arena is created for it.
             let secret = SecretBox::new([7u8; 32]);
@@ -231,7 +277,25 @@ fn budget_shared(limit: u64) {
 
 /// The fork line is printed by a child whose heap is read-only: it cannot
 /// have allocated to print it.
+/// Runs in a re-executed child, on the secret heap (the parent is on
+/// `System`): forks, and the fork child's first allocation must abort with
+/// the one fork line.
 fn forked_child_line_without_allocating() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CASE_VAR, "forked_child_line")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("fork line: "), "{stdout}");
+    print!("{stdout}");
+}
+
+fn forked_child_line_child() {
+    let probe = Box::new(0u8);
+    let heap = SecretGlobalAlloc::arena().expect("the child runs on the secret heap");
+    assert!(heap.contains(&*probe as *const u8), "the child's heap is not SecretGlobalAlloc's");
     let mut fds = [0; 2];
     // SAFETY: valid out-array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);

@@ -119,7 +119,13 @@ impl SecretArenaBuilder {
             pages,
             classes: [const {
                 ClassState {
-                    list: Mutex::new(SlabList { head: core::ptr::null_mut(), rover: core::ptr::null_mut(), count: 0 }),
+                    list: Mutex::new(SlabList {
+                        head: core::ptr::null_mut(),
+                        rover: core::ptr::null_mut(),
+                        count: 0,
+                        scan_skip: 0,
+                        scan_backoff: 1,
+                    }),
                 }
             }; CLASS_COUNT],
             page_lock: Mutex::new(PageCounters::default()),

@@ -160,6 +160,16 @@ struct SlabList {
     /// Where the next bounded scan starts (a member, or null).
     rover: *mut PageMeta,
     count: usize,
+    /// Slow paths that skip the bounded scan before the next one runs: set
+    /// after a scan found nothing (doubling, up to [`slow::MAX_SCAN_SKIP`]),
+    /// cleared when a slab with room becomes unowned. While a heap only
+    /// grows, every slab in the list is full, and scanning 32 of them (a
+    /// cache miss each) on every refill was most of the slow path's time.
+    /// Only a hint: the last-resort full scan still runs before a request
+    /// fails.
+    scan_skip: u32,
+    /// The skip to use after the next fruitless scan.
+    scan_backoff: u32,
 }
 
 // SAFETY: the list is only reached through its Mutex, and points into

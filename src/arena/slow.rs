@@ -28,6 +28,8 @@ use crate::wipe::wipe_chunk;
 
 /// Slabs one bounded scan looks at before carving a new one.
 pub(super) const SCAN_LIMIT: usize = 32;
+/// Most slow paths that skip the bounded scan after fruitless ones.
+pub(super) const MAX_SCAN_SKIP: u32 = 64;
 
 impl SecretArena {
     /// The class had nothing: take a free chunk of a larger class (without
@@ -85,7 +87,7 @@ impl SecretArena {
             self.disown_locked(s, class, &mut list)?;
         }
         let unowned_with_room = |m: &PageMeta| m.owner.load(Ordering::Relaxed) == UNOWNED && m.bits_nonempty();
-        let next = Self::scan(&mut list, SCAN_LIMIT, unowned_with_room)
+        let next = Self::bounded_scan(&mut list)
             .or_else(|| if may_carve { self.carve(class, &mut list) } else { None })
             .or_else(|| Self::scan(&mut list, usize::MAX, unowned_with_room));
         let Some(next) = next else {
@@ -115,8 +117,7 @@ impl SecretArena {
     #[cold]
     fn alloc_shared(&self, class: usize, may_carve: bool) -> Option<usize> {
         let mut list = lock(&self.classes[class].list);
-        let unowned_with_room = |m: &PageMeta| m.owner.load(Ordering::Relaxed) == UNOWNED && m.bits_nonempty();
-        let m = Self::scan(&mut list, SCAN_LIMIT, unowned_with_room)
+        let m = Self::bounded_scan(&mut list)
             .or_else(|| if may_carve { self.carve(class, &mut list) } else { None })
             .or_else(|| Self::scan(&mut list, usize::MAX, PageMeta::bits_nonempty))?;
         m.take_shared().map(|i| self.chunk_addr(m, class, i))
@@ -169,8 +170,31 @@ impl SecretArena {
         let r = s.disown(info);
         if s.bits_full(info) {
             self.release_locked(s, class, list);
+        } else if s.bits_nonempty() {
+            // An unowned slab with room: worth scanning for again.
+            list.scan_skip = 0;
+            list.scan_backoff = 1;
         }
         r.map(drop).map_err(|i| Misuse::NotAllocated(self.chunk_addr(s, class, i)))
+    }
+
+    /// The first look of a slow path: up to [`SCAN_LIMIT`] slabs for an
+    /// unowned one with room, unless recent scans found none and no slab
+    /// with room was disowned since (`SlabList::scan_skip`). Class lock held.
+    fn bounded_scan<'a>(list: &mut SlabList) -> Option<&'a PageMeta> {
+        if list.scan_skip > 0 {
+            list.scan_skip -= 1;
+            return None;
+        }
+        let unowned_with_room = |m: &PageMeta| m.owner.load(Ordering::Relaxed) == UNOWNED && m.bits_nonempty();
+        let found = Self::scan(list, SCAN_LIMIT, unowned_with_room);
+        if found.is_some() {
+            list.scan_backoff = 1;
+        } else if list.count > 0 {
+            list.scan_skip = list.scan_backoff;
+            list.scan_backoff = (list.scan_backoff * 2).min(MAX_SCAN_SKIP);
+        }
+        found
     }
 
     /// Looks at up to `limit` slabs of `list`, starting at its rover and

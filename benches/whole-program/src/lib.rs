@@ -124,13 +124,13 @@ pub fn main(heap: Heap) -> ExitCode {
     let Some(name) = name else { return usage("no workload named") };
 
     // The heap must be the one the binary claims: a block from `Box::new`
-    // lies in the global secret arena exactly when built with SecretGlobalAlloc.
+    // lies in SecretGlobalAlloc's heap arena exactly when built with it.
     let probe = Box::new(0x5eu8);
     if heap == Heap::Secret {
-        match secret_arena::global() {
-            Ok(arena) if arena.contains(&*probe) => {}
-            Ok(_) => return fail("a Box is not in the secret arena: SecretGlobalAlloc is not the global allocator"),
-            Err(e) => return fail(&format!("the global secret arena is unavailable: {e}")),
+        match secret_arena::SecretGlobalAlloc::arena() {
+            Some(arena) if arena.contains(&*probe) => {}
+            Some(_) => return fail("a Box is not in the secret heap: SecretGlobalAlloc is not the global allocator"),
+            None => return fail("SecretGlobalAlloc's heap does not exist: it is not the global allocator"),
         }
     }
     drop(probe);
@@ -145,7 +145,7 @@ pub fn main(heap: Heap) -> ExitCode {
     };
     // The arena's own answer must agree with the kernel's.
     if heap == Heap::Secret {
-        let arena = secret_arena::global().expect("created above");
+        let arena = secret_arena::SecretGlobalAlloc::arena().expect("checked above");
         let said = match arena.backing() {
             secret_arena::Backing::MemfdSecret => "secretmem",
             _ => "memfd",

@@ -173,6 +173,10 @@ struct HeldLocks {
     _init: MutexGuard<'static, ()>,
     _heap: Option<ForkLock<'static>>,
     _default: Option<ForkLock<'static>>,
+    /// No backing file is open unregistered, and no growth step half made,
+    /// while we fork (`backing::lock_fork_gate`). Taken last: the lock
+    /// order puts it after the creation and grow locks.
+    _gate: MutexGuard<'static, ()>,
 }
 
 // SAFETY: the cell is written only by the prepare handler after it took
@@ -215,6 +219,7 @@ extern "C" fn prepare() {
         _init: init,
         _heap: HEAP.get().map(SecretArena::lock_for_fork),
         _default: GLOBAL.get().map(SecretArena::lock_for_fork),
+        _gate: crate::backing::lock_fork_gate(),
     };
     // SAFETY: `INIT` is held (see `Held`).
     unsafe { *HELD.0.get() = Some(held) };
@@ -251,6 +256,7 @@ extern "C" fn child() {
     // descriptor was inherited, hidden arenas' too: close them, or the child
     // could map the parent's secret files (including the heap's future
     // segments, which are not made read-only).
+    crate::backing::registry::reset_readers_in_child();
     crate::backing::registry::for_each_of_parent(FORKING_PID.load(Ordering::Relaxed), |m| {
         if !m.inherited {
             let _ = fork::reserve_in_child(m.reservation, m.reservation_len);

@@ -1,6 +1,6 @@
 //! Building an arena, and what it says about itself.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Mutex;
 
 use super::classes::{CLASS_COUNT, PAGE};
@@ -126,6 +126,7 @@ impl SecretArenaBuilder {
                         scan_skip: 0,
                         scan_backoff: 1,
                     }),
+                    room: AtomicBool::new(false),
                 }
             }; CLASS_COUNT],
             page_lock: Mutex::new(PageCounters::default()),

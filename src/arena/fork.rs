@@ -13,12 +13,17 @@
 //! out memory that is not there or that the parent still uses, the second
 //! would write into the parent.
 //!
-//! So every public entry point (the `Allocator` and `GlobalAlloc` impls in
-//! `alloc_api.rs`) asks [`SecretArena::is_inherited`] first, before any lock
-//! is taken, and aborts with one line on stderr if it is. Consequently **a
-//! forked child never takes a lock of an inherited arena**, whatever state
-//! the parent's threads left those locks in: a lock held at fork time cannot
-//! hang the child. Arenas created in the child are its own and work normally.
+//! So every allocation, free and resize of an inherited arena is refused
+//! before any lock is taken, and aborts with one line on stderr: the resize
+//! entry points (`alloc_api.rs`) ask [`SecretArena::is_inherited`] first;
+//! allocation and free cannot match the owner's fast path in a child (the
+//! child handler resets the thread's token, `thread::enter_child`), and
+//! every slow path returns `Misuse::Forked` before its first lock.
+//! Consequently **no allocator call of a forked child takes a lock of an
+//! inherited arena**, whatever state the parent's threads left those locks
+//! in. (`stats()` and `last_error()` do take them; the README says not to
+//! call them in a child.) Arenas created in the child are its own and work
+//! normally.
 //!
 //! The prepare handler still takes the grow lock of the arenas it knows
 //! ([`SecretArena::lock_for_fork`]), for another reason: so that no segment

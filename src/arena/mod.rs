@@ -52,7 +52,7 @@ pub(crate) mod thread;
 
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use classes::{CLASS_COUNT, CLASS_SIZES, PAGE};
@@ -152,6 +152,10 @@ pub struct SecretArena {
 #[repr(align(64))]
 struct ClassState {
     list: Mutex<SlabList>,
+    /// Set by a free into an unowned slab (which gives it room without the
+    /// class lock); the next bounded scan then runs even while backing off
+    /// (`SlabList::scan_skip`). Only a hint.
+    room: AtomicBool,
 }
 
 /// A class's slabs, linked through their heads' `prev`/`next`.

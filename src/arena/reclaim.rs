@@ -42,13 +42,18 @@ impl SecretArena {
     /// Releases every empty slab it can, of the three kinds above. `held` is
     /// the class (and list) whose lock the caller holds. Returns how many
     /// slabs were released.
-    pub(super) fn reclaim(&self, mut held: Option<(usize, &mut SlabList)>) -> usize {
+    ///
+    /// `force_idle` skips the once-a-millisecond limit on the idle step: for
+    /// the last attempt before a request fails, which must not fail while an
+    /// idle thread pins an empty slab. It costs a barrier only when some
+    /// heap has an empty slab to give, so a full arena does not pay it.
+    pub(super) fn reclaim(&self, mut held: Option<(usize, &mut SlabList)>, force_idle: bool) -> usize {
         let mut released = 0;
         for class in 0..CLASS_COUNT {
             released += self.with_class(class, &mut held, |arena, list| arena.sweep_unowned(class, list));
         }
         let me = thread::token();
-        let idle_ok = self.idle_reclaim_due();
+        let idle_ok = if force_idle { thread::membarrier_usable() } else { self.idle_reclaim_due() };
         let mut revoked = [0u16; MAX_SLOTS];
         let mut n_revoked = 0;
         for (w, word) in self.armed.iter().enumerate() {

@@ -16,7 +16,7 @@ impl SecretArena {
     /// empty slabs once, then grows the arena. `held` is the class lock the
     /// caller holds, if any. Returns the first page.
     pub(super) fn take_pages(&self, n: usize, align: usize, mut held: Option<(usize, &mut SlabList)>) -> Option<usize> {
-        let mut reclaimed = false;
+        let (mut reclaimed, mut forced) = (false, false);
         loop {
             let seen = self.segment_count();
             {
@@ -31,12 +31,20 @@ impl SecretArena {
             }
             if !reclaimed {
                 reclaimed = true;
-                if self.reclaim(held.as_mut().map(|(c, l)| (*c, &mut **l))) > 0 {
+                if self.reclaim(held.as_mut().map(|(c, l)| (*c, &mut **l)), false) > 0 {
                     continue;
                 }
             }
             let slack = align.saturating_sub(os_page_size().max(PAGE));
             if !self.grow(n.checked_mul(PAGE)?.checked_add(slack)?, seen) {
+                // Before failing: idle threads' empty slabs too, whatever
+                // the rate limit says.
+                if !forced {
+                    forced = true;
+                    if self.reclaim(held.as_mut().map(|(c, l)| (*c, &mut **l)), true) > 0 {
+                        continue;
+                    }
+                }
                 return None;
             }
         }

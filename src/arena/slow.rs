@@ -87,7 +87,8 @@ impl SecretArena {
             self.disown_locked(s, class, &mut list)?;
         }
         let unowned_with_room = |m: &PageMeta| m.owner.load(Ordering::Relaxed) == UNOWNED && m.bits_nonempty();
-        let next = Self::bounded_scan(&mut list)
+        let next = self
+            .bounded_scan(class, &mut list)
             .or_else(|| if may_carve { self.carve(class, &mut list) } else { None })
             .or_else(|| Self::scan(&mut list, usize::MAX, unowned_with_room));
         let Some(next) = next else {
@@ -117,7 +118,8 @@ impl SecretArena {
     #[cold]
     fn alloc_shared(&self, class: usize, may_carve: bool) -> Option<usize> {
         let mut list = lock(&self.classes[class].list);
-        let m = Self::bounded_scan(&mut list)
+        let m = self
+            .bounded_scan(class, &mut list)
             .or_else(|| if may_carve { self.carve(class, &mut list) } else { None })
             .or_else(|| Self::scan(&mut list, usize::MAX, PageMeta::bits_nonempty))?;
         m.take_shared().map(|i| self.chunk_addr(m, class, i))
@@ -149,7 +151,15 @@ impl SecretArena {
         unsafe { wipe_chunk(ptr, info.size as usize) };
         match head.remote_free(w, mask, info) {
             Err(()) => Err(Misuse::NotAllocated(ptr as usize)),
-            Ok(false) => Ok(()),
+            Ok(false) => {
+                // An unowned slab has room now: let the next slow path of
+                // this class look for it, even while backing off.
+                let room = &self.classes[class].room;
+                if head.owner.load(Ordering::Relaxed) == UNOWNED && !room.load(Ordering::Relaxed) {
+                    room.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Ok(true) => {
                 let mut list = lock(&self.classes[class].list);
                 if head.state.load(Ordering::Relaxed) == SLAB_HEAD | class as u32
@@ -180,8 +190,15 @@ impl SecretArena {
 
     /// The first look of a slow path: up to [`SCAN_LIMIT`] slabs for an
     /// unowned one with room, unless recent scans found none and no slab
-    /// with room was disowned since (`SlabList::scan_skip`). Class lock held.
-    fn bounded_scan<'a>(list: &mut SlabList) -> Option<&'a PageMeta> {
+    /// got room since, by a disown or a free into an unowned slab
+    /// (`SlabList::scan_skip`, `ClassState::room`). Class lock held.
+    fn bounded_scan<'a>(&self, class: usize, list: &mut SlabList) -> Option<&'a PageMeta> {
+        let room = &self.classes[class].room;
+        if room.load(Ordering::Relaxed) {
+            room.store(false, Ordering::Relaxed);
+            list.scan_skip = 0;
+            list.scan_backoff = 1;
+        }
         if list.scan_skip > 0 {
             list.scan_skip -= 1;
             return None;

@@ -148,11 +148,21 @@ fn key() -> Option<libc::pthread_key_t> {
 
 /// Runs at thread exit (after the thread's TLS destructors). Allocates
 /// nothing: it only stores atomics and this thread's token cell.
+///
+/// The slot is given back only if it is still this thread's: in a fork
+/// child the forking thread starts over without a token (`enter_child`)
+/// while its key value still names its old slot, which a new thread of the
+/// child may hold by now.
 extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     let slot = value as usize - 1;
+    let mine = token();
     TOKEN.set(NO_SLOT);
-    SLOT_TOKEN[slot].store(0, Ordering::Release);
-    SLOT_USED[slot / 64].fetch_and(!(1 << (slot % 64)), Ordering::Release);
+    if !is_real(mine) || slot_of(mine) != slot {
+        return;
+    }
+    if SLOT_TOKEN[slot].compare_exchange(mine, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+        SLOT_USED[slot / 64].fetch_and(!(1 << (slot % 64)), Ordering::Release);
+    }
 }
 
 /// For the `pthread_atfork` child handler (the child has one thread, this
@@ -208,4 +218,66 @@ pub(crate) fn membarrier() -> bool {
 /// Whether `membarrier(2)` is known not to work here.
 pub(crate) fn membarrier_usable() -> bool {
     MEMBARRIER.load(Ordering::Relaxed) != 2
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A thread that forked keeps its `pthread_setspecific` value (its old
+    /// slot) in the child, while `enter_child` frees every slot there. When
+    /// it exits, its destructor must not free the slot from under the live
+    /// child thread that holds it now (found in review).
+    #[test]
+    fn forking_threads_exit_in_the_child_keeps_a_live_threads_slot() {
+        let status = std::thread::spawn(|| {
+            crate::global::register_fork_handlers(); // as every SecretArena::build does
+            let t = assign();
+            assert!(is_real(t));
+            let slot = slot_of(t);
+            // SAFETY: the child makes only raw calls and spawns threads
+            // (glibc's malloc is fork-safe), then leaves with _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // Child threads take slots 0, 1, ... until one has the
+                // forking thread's old slot.
+                loop {
+                    let (tx, rx) = mpsc::channel();
+                    std::thread::spawn(move || {
+                        let ty = assign();
+                        let mine = slot_of(ty) == slot;
+                        tx.send(slot_of(ty)).unwrap();
+                        if !mine {
+                            loop {
+                                std::thread::sleep(Duration::from_secs(10));
+                            }
+                        }
+                        // By now the forking thread has exited.
+                        std::thread::sleep(Duration::from_millis(300));
+                        let code = if is_alive(ty) { 0 } else { 3 };
+                        // SAFETY: ends the child at once.
+                        unsafe { libc::_exit(code) };
+                    });
+                    let ys = rx.recv().unwrap();
+                    if ys == slot {
+                        break;
+                    }
+                    if ys > slot {
+                        // SAFETY: as above.
+                        unsafe { libc::_exit(9) };
+                    }
+                }
+                return -1; // the thread exits: its key destructor runs
+            }
+            let mut st = 0;
+            // SAFETY: a valid out-pointer.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            libc::WEXITSTATUS(st)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(status, 0, "3: the forking thread's exit freed a live child thread's slot; 9: inconclusive");
+    }
 }

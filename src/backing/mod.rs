@@ -50,6 +50,7 @@ mod sys;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::mm::{self, Advice, MapFlags, ProtFlags};
@@ -142,6 +143,23 @@ pub(crate) enum Fork {
     Inherit,
 }
 
+/// Held while a backing file is open but not (or no longer) registered, and
+/// while a growth step is half made (mapped, not yet `MADV_DONTFORK`), and
+/// by the `pthread_atfork` prepare handler across `fork(2)`. So a fork never
+/// lands in those windows, and the child handler finds every backing file
+/// descriptor and every hidden range in the registry: it closes the one and
+/// re-reserves the other. Linux has no `O_CLOFORK`; this lock is what makes
+/// "a fork child cannot map the parent's secret file" hold.
+///
+/// Lock order: the creation lock and an arena's grow lock come before it.
+/// A `std::sync::Mutex`: futex-based, it never allocates.
+static FORK_GATE: Mutex<()> = Mutex::new(());
+
+/// Takes [`FORK_GATE`]: for the prepare handler, and inside this module.
+pub(crate) fn lock_fork_gate() -> MutexGuard<'static, ()> {
+    FORK_GATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The fork generation of this process: 0 in the process that was exec'd,
 /// bumped by one in every `fork(2)` child by [`enter_child`]. A mapping (and
 /// an arena) built in an earlier generation was inherited across a fork.
@@ -228,6 +246,8 @@ impl Mapping {
     pub(crate) fn create(len: usize, max_len: usize, policy: BackingPolicy, fork: Fork) -> Result<Mapping, Error> {
         let len = round_to_os_pages(len).ok_or(Error::InvalidCapacity { requested: len })?;
         let max_len = round_to_os_pages(max_len.max(len)).ok_or(Error::InvalidCapacity { requested: max_len })?;
+        // Until the file is registered and its first step mapped.
+        let gate = lock_fork_gate();
         let reserved = Reserved::new(len, max_len)?;
         let max_len = reserved.len - 2 * os_page_size();
         let (file, backing) = match policy {
@@ -273,9 +293,14 @@ impl Mapping {
             fd: mapping.file.as_raw_fd(),
             inherited: fork == Fork::Inherit,
         };
-        mapping.slot = Some(registry::register(ranges)?);
-        mapping.grow(len)?;
-        Ok(mapping)
+        let made = registry::register(ranges).and_then(|slot| {
+            mapping.slot = Some(slot);
+            mapping.grow_gated(len)
+        });
+        // Released before `mapping` can drop on an error, whose `Drop` takes
+        // the gate again.
+        drop(gate);
+        made.map(|()| mapping)
     }
 
     /// Maps file offsets `len()..new_len` at `base + len()`, with the
@@ -285,6 +310,12 @@ impl Mapping {
     ///
     /// The caller serialises calls (the arena's grow lock).
     pub(crate) fn grow(&self, new_len: usize) -> Result<(), Error> {
+        let _gate = lock_fork_gate();
+        self.grow_gated(new_len)
+    }
+
+    /// [`grow`](Self::grow), with [`FORK_GATE`] held by the caller.
+    fn grow_gated(&self, new_len: usize) -> Result<(), Error> {
         let old = self.len.load(Ordering::Relaxed);
         let new_len = round_to_os_pages(new_len).ok_or(Error::InvalidCapacity { requested: new_len })?;
         if new_len <= old {
@@ -392,6 +423,9 @@ impl Drop for Mapping {
             // reach a later mapping. The registry slot is the parent's.
             return;
         }
+        // Until the descriptor is closed: a fork in between would give the
+        // child a descriptor the registry no longer lists.
+        let _gate = lock_fork_gate();
         // Before munmap: returns once no purge can be reading the range.
         if let Some(slot) = self.slot.take() {
             registry::deregister(slot);

@@ -63,6 +63,10 @@ const FREE: u32 = 0;
 const CLAIMED: u32 = 1;
 const LIVE: u32 = 2;
 const DYING: u32 = 3;
+/// In a fork child: a slot of the parent, handled by the child handler.
+/// Never read (its range is a hole or the parent's read-only heap here),
+/// never reused (a later process could get the parent's pid), never freed.
+const INHERITED: u32 = 4;
 
 /// One mapping's entry. Fields other than `state` and `readers` are written
 /// only while the slot is `CLAIMED` (except `high_water` and `inherited`,
@@ -217,12 +221,16 @@ pub(crate) fn for_each(mut f: impl FnMut(&MappingInfo)) {
 /// For a `pthread_atfork` child handler: calls `f` with every live mapping
 /// registered by the *parent* (`parent_pid`), inherited or not, so the
 /// handler can re-reserve the holes `PROT_NONE` and close the inherited
-/// descriptors. Runs in the child, where only the forking thread exists.
+/// descriptors; then marks each such slot `INHERITED`, which nothing reads
+/// or reuses again. Runs in the child, where only the forking thread exists
+/// (the prepare handler held the gate, so no slot was half registered or
+/// half dropped at the fork).
 pub(crate) fn for_each_of_parent(parent_pid: u32, mut f: impl FnMut(&MappingInfo)) {
     let top = TOP.load(SeqCst).min(SLOTS);
     for slot in &TABLE[..top] {
         if slot.state.load(SeqCst) == LIVE && slot.pid.load(SeqCst) == parent_pid {
             f(&info_of(slot));
+            slot.state.store(INHERITED, SeqCst);
         }
     }
 }
@@ -237,6 +245,18 @@ fn info_of(slot: &Slot) -> MappingInfo {
         inherited: slot.inherited.load(SeqCst),
         pid: slot.pid.load(SeqCst),
         fd: slot.fd.load(SeqCst),
+    }
+}
+
+/// For a `pthread_atfork` child handler, before anything else touches the
+/// table: clears every slot's reader count. A `purge()` on another thread of
+/// the parent may have been counted in on some slot when the process forked;
+/// that thread does not exist in the child, and a count it left would make
+/// the child's own drop of that slot wait forever.
+pub(crate) fn reset_readers_in_child() {
+    let top = TOP.load(SeqCst).min(SLOTS);
+    for slot in &TABLE[..top] {
+        slot.readers.store(0, SeqCst);
     }
 }
 
@@ -344,6 +364,73 @@ mod tests {
         assert!(!again, "a deregistered mapping is still listed");
     }
 
+    /// A fork while an arena is being dropped (here: its slot dying, held
+    /// open by a purge that is still reading it) must not give the child the
+    /// arena's backing file descriptor, through which it could map the
+    /// parent's secrets: the prepare handler waits for the drop to finish
+    /// (found in review).
+    #[test]
+    fn fork_during_an_arena_drop_leaves_no_descriptor_in_the_child() {
+        use allocator_api2::alloc::Allocator;
+        use core::alloc::Layout;
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let arena = crate::SecretArena::builder().capacity(16 << 10).build().unwrap();
+        let p = arena.allocate(Layout::from_size_align(32, 16).unwrap()).unwrap().cast::<u8>().as_ptr();
+        // SAFETY: a live block of 32 bytes.
+        unsafe { p.write_bytes(0x5a, 32) };
+        let mut found = None;
+        for_each(|m| {
+            if (m.base..m.base + m.len).contains(&(p as usize)) {
+                found = Some(*m)
+            }
+        });
+        let m = found.unwrap();
+        let off = p as usize - m.base;
+        let (started_tx, started_rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // A purge-like reader that stays on the slot for 300 ms.
+            for_each(|x| {
+                if x.fd == m.fd && x.base == m.base {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        });
+        started_rx.recv().unwrap();
+        let dropper = std::thread::spawn(move || drop(arena)); // waits for the reader
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: the child makes only raw calls, then _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            let open = unsafe { libc::fcntl(m.fd, libc::F_GETFD) } != -1;
+            let mut code = i32::from(open);
+            if open {
+                // SAFETY: a fresh shared read-only mapping of that file.
+                let q =
+                    unsafe { libc::mmap(core::ptr::null_mut(), 16 << 10, libc::PROT_READ, libc::MAP_SHARED, m.fd, 0) };
+                // SAFETY: `off` is inside the 16 KiB just mapped.
+                if q != libc::MAP_FAILED && unsafe { *(q as *const u8).add(off) } == 0x5a {
+                    code = 2;
+                }
+            }
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        reader.join().unwrap();
+        dropper.join().unwrap();
+        let mut status = 0;
+        // SAFETY: a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child got the dropped arena's descriptor (1), and read the parent's secret through it (2)"
+        );
+    }
+
     #[test]
     fn another_process_slots_are_always_skipped() {
         let r = scratch(1);
@@ -358,14 +445,21 @@ mod tests {
         assert_eq!(count(), 0, "a parent's non-inherited mapping must be skipped");
         set_inherited(&id, true);
         assert_eq!(count(), 0, "an inherited mapping is the parent's live memory: never purged by a child");
-        let mut listed = 0;
-        for_each_of_parent(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base && m.inherited));
-        assert_eq!(listed, 1, "the child handler sees the parent's inherited mapping");
-        set_inherited(&id, false);
-        for_each_of_parent(this_pid().wrapping_add(1), |m| listed += usize::from(m.base == base && !m.inherited));
-        assert_eq!(listed, 2, "and its other mappings");
-        for_each_of_parent(this_pid(), |m| listed += usize::from(m.base == base));
-        assert_eq!(listed, 2, "but not this process's own");
+        let r2 = scratch(1);
+        let base2 = r2.base;
+        let id2 = register(r2).unwrap();
+        TABLE[id2.0].pid.store(this_pid().wrapping_add(1), SeqCst);
+        let (mut inherited, mut hidden) = (0, 0);
+        for_each_of_parent(this_pid(), |m| inherited += usize::from(m.base == base || m.base == base2));
+        assert_eq!(inherited, 0, "not this process's own");
+        for_each_of_parent(this_pid().wrapping_add(1), |m| {
+            inherited += usize::from(m.base == base && m.inherited);
+            hidden += usize::from(m.base == base2 && !m.inherited);
+        });
+        assert_eq!((inherited, hidden), (1, 1), "the child handler sees every mapping of the parent");
+        for_each_of_parent(this_pid().wrapping_add(1), |m| inherited += usize::from(m.base == base || m.base == base2));
+        assert_eq!(inherited, 1, "once: handled slots are INHERITED and skipped from then on");
         deregister(id);
+        deregister(id2);
     }
 }

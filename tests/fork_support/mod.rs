@@ -76,7 +76,13 @@ pub fn in_fork_within(limit: Duration, body: impl FnOnce() -> i32) -> Option<Chi
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = match crate::common::no_core_dumps() {
+        // The kernel's signal, not a handler inherited from the parent:
+        // AddressSanitizer's would turn the SIGSEGV these children must die
+        // of into exit code 1.
+        let prepared = crate::common::no_core_dumps()
+            .and_then(|()| crate::common::default_signal_action(libc::SIGSEGV))
+            .and_then(|()| crate::common::default_signal_action(libc::SIGBUS));
+        let code = match prepared {
             // SAFETY: plain descriptor calls.
             Ok(()) if unsafe { libc::dup2(fds[1], 2) } == 2 => body(),
             _ => 99,

@@ -269,7 +269,18 @@ fn from_env_takes_the_value_and_wipes_the_original() {
         // Controls: the value is where the kernel put it, and the scan sees
         // it there (the top of the main thread's stack).
         assert!(marker.found_in(&environ()), "the control: /proc/self/environ shows the value");
-        assert!(find_in_heap(&marker).iter().any(|h| h.mapping.ends_with("[stack]")), "the control: scan sees it");
+        let before = find_in_heap(&marker);
+        assert!(before.iter().any(|h| h.mapping.ends_with("[stack]")), "the control: scan sees it");
+        // A runtime that copied the environment before main (AddressSanitizer
+        // keeps /proc/self/environ in a buffer of its own) leaves copies no
+        // library can reach: then nothing here can be proved.
+        if let Some(copy) = before.iter().find(|h| !h.mapping.ends_with("[stack]")) {
+            common::skip(
+                case,
+                &format!("the environment was copied before main, outside this crate's reach: {}", copy.mapping),
+            );
+            return;
+        }
         // SAFETY: libtest's main thread only waits for this test; nothing
         // else reads the environment now.
         let token = unsafe { SecretString::from_env(ENV_NAME) }.unwrap();

@@ -91,6 +91,9 @@ pub struct Hit {
     pub mapping: String,
 }
 
+/// Mappings larger than this are not scanned (see `find_in_heap`).
+const HUGE: usize = 64 << 30;
+
 /// Every place in `[heap]`, `[stack]` and anonymous private writable
 /// mappings where the marker is.
 pub fn find_in_heap(marker: &Marker) -> Vec<Hit> {
@@ -107,7 +110,15 @@ pub fn find_in_heap(marker: &Marker) -> Vec<Hit> {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
-            Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?, line.to_owned()))
+            let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
+            // Terabytes of reserved address space are a sanitizer's shadow
+            // memory (AddressSanitizer maps ~16 TiB), not a heap: reading it
+            // through /proc/self/mem would take hours. Said, not hidden.
+            if b - a > HUGE {
+                println!("heap scan: not scanning {} GiB of reserved address space: {line}", (b - a) >> 30);
+                return None;
+            }
+            Some((a, b, line.to_owned()))
         })
         .collect();
     let mem = File::open("/proc/self/mem").expect("open /proc/self/mem");

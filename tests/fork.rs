@@ -9,6 +9,7 @@
 //! is one.
 
 mod common;
+mod fork_support;
 
 use std::ffi::CString;
 
@@ -183,19 +184,7 @@ fn fork_child_refuses_an_explicit_arena_alone() {
     let addr = block.as_ptr() as usize & !4095;
     assert_eq!(common::arena_fds(), 1, "control: the parent holds the arena's descriptor");
     let status = in_fork(|| {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; on success
-        // the page was a hole (not re-reserved).
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut _,
-                4096,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED {
+        if !fork_support::reserved(addr) {
             return 80;
         }
         if common::arena_fds() != 0 {

@@ -251,7 +251,7 @@ fn leftovers(arena: &SecretArena, wipe: bool) -> Vec<(&'static str, usize)> {
 
 #[test]
 fn wipe_stack_clears_what_real_constructors_leave_behind() {
-    if skipped_under_a_sanitizer("wipe_stack_clears_what_real_constructors_leave_behind") {
+    if common::skipped_under_a_sanitizer("wipe_stack_clears_what_real_constructors_leave_behind") {
         return;
     }
     with_arena("wipe_stack_clears_what_real_constructors_leave_behind", |arena| {
@@ -267,26 +267,4 @@ fn wipe_stack_clears_what_real_constructors_leave_behind() {
             assert_eq!(n, 0, "{name}: {n} copies of key bytes survived wipe_stack(64 KiB)");
         }
     });
-}
-
-/// AddressSanitizer moves locals to fake stacks and pads frames with
-/// redzones, so the bytes below a frame are not where an uninstrumented
-/// build leaves them: these stack tests prove nothing there. Detected by its
-/// shadow memory, terabytes of reserved address space. Says so and returns
-/// `true` when the test is to be skipped.
-fn skipped_under_a_sanitizer(case: &str) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let shadow = maps.lines().find(|l| {
-        l.split_whitespace().next().and_then(|r| r.split_once('-')).is_some_and(|(a, b)| {
-            let (a, b) = (usize::from_str_radix(a, 16).unwrap_or(0), usize::from_str_radix(b, 16).unwrap_or(0));
-            b.saturating_sub(a) > 1 << 40
-        })
-    });
-    if let Some(line) = shadow {
-        eprintln!(
-            "\nSKIPPED {case}: a sanitizer's shadow memory is mapped ({line}); its instrumented frames leave the stack in another shape"
-        );
-        return true;
-    }
-    false
 }

@@ -11,6 +11,8 @@
 //! The control (no wipe) must find the marker, or the test would prove
 //! nothing; with `wipe_stack` it must find none.
 
+mod common;
+
 use std::hint::black_box;
 
 use secret_arena::{ExposeSecret, SecretCell, wipe_stack};
@@ -48,7 +50,7 @@ fn read_own_memory(addr: usize, out: &mut [u8]) {
 
 #[test]
 fn the_control_finds_the_marker_left_on_the_stack() {
-    if skipped_under_a_sanitizer("the_control_finds_the_marker_left_on_the_stack") {
+    if common::skipped_under_a_sanitizer("the_control_finds_the_marker_left_on_the_stack") {
         return;
     }
     let mut seen = vec![0u8; PLANT];
@@ -60,7 +62,7 @@ fn the_control_finds_the_marker_left_on_the_stack() {
 
 #[test]
 fn wipe_stack_leaves_zeros_below_the_frame() {
-    if skipped_under_a_sanitizer("wipe_stack_leaves_zeros_below_the_frame") {
+    if common::skipped_under_a_sanitizer("wipe_stack_leaves_zeros_below_the_frame") {
         return;
     }
     let mut seen = vec![0u8; PLANT];
@@ -74,7 +76,7 @@ fn wipe_stack_leaves_zeros_below_the_frame() {
 
 #[test]
 fn wipe_stack_covers_what_was_asked_and_small_requests_round_up() {
-    if skipped_under_a_sanitizer("wipe_stack_covers_what_was_asked_and_small_requests_round_up") {
+    if common::skipped_under_a_sanitizer("wipe_stack_covers_what_was_asked_and_small_requests_round_up") {
         return;
     }
     for ask in [1, 4096, 5000, PLANT] {
@@ -101,7 +103,7 @@ fn wipe_stack_covers_what_was_asked_and_small_requests_round_up() {
 
 #[test]
 fn more_than_one_frame_is_chained() {
-    if skipped_under_a_sanitizer("more_than_one_frame_is_chained") {
+    if common::skipped_under_a_sanitizer("more_than_one_frame_is_chained") {
         return;
     }
     // 1.5 MiB: one 1 MiB frame and one 512 KiB frame. Run on a thread with
@@ -144,7 +146,7 @@ fn build_cell() -> (SecretCell<[u64; 64]>, usize) {
 
 #[test]
 fn init_with_then_wipe_stack_leaves_no_key_material_below() {
-    if skipped_under_a_sanitizer("init_with_then_wipe_stack_leaves_no_key_material_below") {
+    if common::skipped_under_a_sanitizer("init_with_then_wipe_stack_leaves_no_key_material_below") {
         return;
     }
     let mut seen = vec![0u8; 64 << 10];
@@ -160,7 +162,7 @@ fn init_with_then_wipe_stack_leaves_no_key_material_below() {
 
 #[test]
 fn without_wipe_stack_the_key_material_is_found_below() {
-    if skipped_under_a_sanitizer("without_wipe_stack_the_key_material_is_found_below") {
+    if common::skipped_under_a_sanitizer("without_wipe_stack_the_key_material_is_found_below") {
         return;
     }
     let mut seen = vec![0u8; 64 << 10];
@@ -170,26 +172,4 @@ fn without_wipe_stack_the_key_material_is_found_below() {
     read_own_memory(from, &mut seen);
     let marks = seen.windows(8).filter(|w| w == &[MARK; 8]).count();
     assert!(marks > 0, "the control sees no key words: the test above proves nothing");
-}
-
-/// AddressSanitizer moves locals to fake stacks and pads frames with
-/// redzones, so the bytes below a frame are not where an uninstrumented
-/// build leaves them: these stack tests prove nothing there. Detected by its
-/// shadow memory, terabytes of reserved address space. Says so and returns
-/// `true` when the test is to be skipped.
-fn skipped_under_a_sanitizer(case: &str) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let shadow = maps.lines().find(|l| {
-        l.split_whitespace().next().and_then(|r| r.split_once('-')).is_some_and(|(a, b)| {
-            let (a, b) = (usize::from_str_radix(a, 16).unwrap_or(0), usize::from_str_radix(b, 16).unwrap_or(0));
-            b.saturating_sub(a) > 1 << 40
-        })
-    });
-    if let Some(line) = shadow {
-        eprintln!(
-            "\nSKIPPED {case}: a sanitizer's shadow memory is mapped ({line}); its instrumented frames leave the stack in another shape"
-        );
-        return true;
-    }
-    false
 }

@@ -51,10 +51,10 @@ const WIPE_MEMSET_ABOVE: usize = 64;
 ///
 /// # Safety
 ///
-/// As [`wipe`], and `ptr` is 16-aligned and `len` a multiple of 16.
+/// As [`wipe`], and `ptr` is 16-aligned and `len` a nonzero multiple of 16.
 #[inline]
 pub(crate) unsafe fn wipe_chunk(ptr: *mut u8, len: usize) {
-    debug_assert!(ptr as usize % 16 == 0 && len % 16 == 0, "chunk {ptr:p}+{len} not 16-aligned");
+    debug_assert!(ptr as usize % 16 == 0 && len % 16 == 0 && len > 0, "chunk {ptr:p}+{len} not 16-aligned");
     if len > WIPE_MEMSET_ABOVE {
         // SAFETY: the caller's range is writable and unaliased.
         unsafe { ptr.write_bytes(0, len) };
@@ -66,28 +66,21 @@ pub(crate) unsafe fn wipe_chunk(ptr: *mut u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{__m128i, _mm_setzero_si128};
-        let blocks = ptr.cast::<__m128i>();
         // SAFETY: SSE2 is part of the x86-64 baseline, so always present.
         let zero = unsafe { _mm_setzero_si128() };
-        let n = len / 16;
-        // Small chunks take two or four stores that may overlap, with no loop.
-        // SAFETY: every index below is below `n`, so each 16 bytes are
-        // inside the caller's writable range, and 16-aligned.
+        let at = |off: usize| ptr.wrapping_add(off).cast::<__m128i>();
+        // 16 to 64 bytes: the first and last 16, and for more than 32 also
+        // the 16 after the first and before the last. Stores may overlap;
+        // there is no loop, and one branch.
+        // SAFETY: `16 <= len <= 64`, a multiple of 16: every offset below
+        // is in `0..=len - 16`, so each 16 bytes are inside the caller's
+        // writable range, and 16-aligned.
         unsafe {
-            if n <= 2 {
-                if n > 0 {
-                    blocks.write_volatile(zero);
-                    blocks.add(n - 1).write_volatile(zero);
-                }
-            } else if n <= 4 {
-                blocks.write_volatile(zero);
-                blocks.add(1).write_volatile(zero);
-                blocks.add(n - 2).write_volatile(zero);
-                blocks.add(n - 1).write_volatile(zero);
-            } else {
-                for i in 0..n {
-                    blocks.add(i).write_volatile(zero);
-                }
+            at(0).write_volatile(zero);
+            at(len - 16).write_volatile(zero);
+            if len > 32 {
+                at(16).write_volatile(zero);
+                at(len - 32).write_volatile(zero);
             }
         }
     }

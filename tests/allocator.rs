@@ -361,6 +361,32 @@ fn interior_pointer_panics() {
     unsafe { arena.deallocate(b.cast::<u8>().add(8), Layout::new::<u64>()) };
 }
 
+/// The owner's quickest free finds a block in its current slab from the
+/// layout's class: an interior pointer freed with a layout of the block's
+/// own class must still be refused, 8 bytes in (inside the chunk's first
+/// 16-byte granule) and 16 bytes in (a granule where no chunk starts).
+#[test]
+#[should_panic(expected = "interior pointer")]
+fn interior_pointer_into_the_current_slab_with_the_blocks_class_panics() {
+    let budget = budget();
+    let arena = arena(&budget, 16 << 10);
+    let b = arena.allocate(Layout::new::<[u8; 64]>()).unwrap();
+    // SAFETY: deliberately broken contract: 8 bytes into a live block, with
+    // a layout of the block's class (56 bytes round up to the 64-byte class).
+    unsafe { arena.deallocate(b.cast::<u8>().add(8), Layout::new::<[u8; 56]>()) };
+}
+
+#[test]
+#[should_panic(expected = "interior pointer")]
+fn granule_inside_a_block_of_the_current_slab_panics() {
+    let budget = budget();
+    let arena = arena(&budget, 16 << 10);
+    let b = arena.allocate(Layout::new::<[u8; 64]>()).unwrap();
+    // SAFETY: deliberately broken contract: 16 bytes into a live block,
+    // with a layout of its class.
+    unsafe { arena.deallocate(b.cast::<u8>().add(16), Layout::new::<[u8; 56]>()) };
+}
+
 #[test]
 #[should_panic(expected = "whose block has only")]
 fn oversized_layout_on_free_panics() {

@@ -112,6 +112,19 @@ const fn build_classes() -> [ClassInfo; CLASS_COUNT] {
 /// Geometry of every class.
 pub(crate) static CLASSES: [ClassInfo; CLASS_COUNT] = build_classes();
 
+const fn build_spans() -> [usize; CLASS_COUNT] {
+    let mut out = [0; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        out[c] = CLASSES[c].chunks as usize * CLASSES[c].size as usize;
+        c += 1;
+    }
+    out
+}
+
+/// Bytes from a slab's first chunk to the end of its last one, per class.
+pub(crate) static SLAB_SPAN: [usize; CLASS_COUNT] = build_spans();
+
 /// 16-byte granules in the largest slab.
 pub(crate) const MAX_SLAB_GRANULES: usize = MAX_SLAB_PAGES * PAGE / 16;
 /// `CHUNK_OF` entry of a granule where no chunk starts.
@@ -154,6 +167,23 @@ const fn build_lookup() -> [u8; MAX_CLASS_SIZE / 16] {
 
 /// `LOOKUP[(size - 1) / 16]` is the smallest class of at least `size` bytes.
 static LOOKUP: [u8; MAX_CLASS_SIZE / 16] = build_lookup();
+
+/// The class of a `layout` of 1 to 4096 bytes aligned to at most 16, else
+/// `None`: the common case of [`class_for`], with no loop. Every size
+/// between a request's and its chunk's maps to the same class, so a block
+/// freed with either size finds the class it came from.
+#[inline(always)]
+pub(crate) fn small_class(size: usize, align: usize) -> Option<usize> {
+    if size.wrapping_sub(1) >= MAX_CLASS_SIZE || align > 16 {
+        return None;
+    }
+    let c = LOOKUP[(size - 1) / 16] as usize;
+    // SAFETY: every entry of LOOKUP is a class (`build_lookup` stops at the
+    // last, 4096 bytes, which every size here fits). Knowing it lets the
+    // compiler drop the callers' bounds checks on per-class tables.
+    unsafe { core::hint::assert_unchecked(c < CLASS_COUNT) };
+    Some(c)
+}
 
 /// The class for a request, or `None` if it must be a page run.
 #[inline]

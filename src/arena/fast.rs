@@ -8,7 +8,7 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use super::classes::{CHUNK_OF, CLASS_COUNT, CLASS_SIZES, NO_CHUNK, PAGE, class_for};
+use super::classes::{CHUNK_OF, CLASS_COUNT, CLASS_SIZES, NO_CHUNK, PAGE, SLAB_SPAN, class_for, small_class};
 use super::slab::{PageMeta, RUN_HEAD, SLAB_BODY, SLAB_HEAD, bit};
 use super::{Block, Misuse, SecretArena, dangling, thread};
 use crate::sync::{Ordering, light_fence};
@@ -19,21 +19,37 @@ impl SecretArena {
     /// `Err` when a refill found a chunk freed twice (by two threads).
     #[inline]
     pub(crate) fn alloc_block(&self, layout: Layout) -> Result<Option<NonNull<[u8]>>, Misuse> {
+        match small_class(layout.size(), layout.align()) {
+            Some(class) => self.alloc_in_class(class, layout),
+            None => self.alloc_block_other(layout),
+        }
+    }
+
+    /// Zero-sized, over-aligned and page-run requests.
+    #[inline(never)]
+    fn alloc_block_other(&self, layout: Layout) -> Result<Option<NonNull<[u8]>>, Misuse> {
         if layout.size() == 0 {
             return Ok(Some(dangling(layout.align())));
         }
         if let Some(class) = class_for(layout.size(), layout.align()) {
-            if let Some(p) = self.alloc_chunk(class)? {
-                // SAFETY: chunk addresses are inside the mapping, never null.
-                let p = unsafe { NonNull::new_unchecked(p as *mut u8) };
-                return Ok(Some(NonNull::slice_from_raw_parts(p, CLASS_SIZES[class] as usize)));
-            }
-            return self.alloc_small_fallback(class, layout);
+            return self.alloc_in_class(class, layout);
         }
         if self.is_inherited() {
             return Err(Misuse::Forked);
         }
         Ok(self.alloc_run(layout))
+    }
+
+    /// A chunk of `class` (one that suits `layout`), else one of a larger
+    /// class or a run.
+    #[inline(always)]
+    fn alloc_in_class(&self, class: usize, layout: Layout) -> Result<Option<NonNull<[u8]>>, Misuse> {
+        if let Some(p) = self.alloc_chunk(class)? {
+            // SAFETY: chunk addresses are inside the mapping, never null.
+            let p = unsafe { NonNull::new_unchecked(p as *mut u8) };
+            return Ok(Some(NonNull::slice_from_raw_parts(p, CLASS_SIZES[class] as usize)));
+        }
+        self.alloc_small_fallback(class, layout)
     }
 
     /// The owner's allocation: the lowest chunk of its current slab's
@@ -61,7 +77,10 @@ impl SecretArena {
             };
             h.busy.store(0, Ordering::Release);
             match got {
-                Ok(Some(i)) => return Ok(Some(self.chunk_addr(s, class, i))),
+                // Heap invariant 3: `slab[class]` is where `cur`'s chunks start.
+                Ok(Some(i)) => {
+                    return Ok(Some(h.slab[class].load(Ordering::Relaxed) + i * CLASS_SIZES[class] as usize));
+                }
                 Err(i) => return Err(Misuse::NotAllocated(self.chunk_addr(s, class, i))),
                 Ok(None) => {}
             }
@@ -128,6 +147,63 @@ impl SecretArena {
     /// Wipes and frees the block at `ptr`.
     #[inline]
     pub(crate) fn free_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
+        if let Some(class) = small_class(layout.size(), layout.align()) {
+            if self.free_current(ptr.as_ptr(), class) {
+                return Ok(());
+            }
+        }
+        self.free_block_located(ptr, layout)
+    }
+
+    /// The owner's quickest free: `ptr` is a chunk of its current slab of
+    /// `class`, the class of the layout it is freed with. Found from the
+    /// heap alone, without the page table; the checks are those of
+    /// `locate` and `free_chunk`: a chunk's start, inside the slab, and not
+    /// free already. Returns whether it freed the chunk. `false` leaves the
+    /// free to `free_block_located`: `ptr` is not such a chunk, or the chunk
+    /// is free already, a double free that path reports.
+    ///
+    /// A chunk of that slab freed with a layout of another class, or one
+    /// aligned above 16, takes the located path, which checks the layout
+    /// against the chunk; here the layout's class *is* the slab's, so the
+    /// layout fits the chunk.
+    #[inline(always)]
+    fn free_current(&self, ptr: *mut u8, class: usize) -> bool {
+        let t = thread::token();
+        let h = self.pages.heap(thread::slot_of(t));
+        h.busy.store(1, Ordering::Relaxed);
+        light_fence();
+        let off = (ptr as usize).wrapping_sub(h.slab[class].load(Ordering::Relaxed));
+        let cur = h.cur[class].load(Ordering::Relaxed);
+        // Heap invariants 2 and 3: while the heap is armed with this
+        // thread's token, `cur` is a slab this thread owns, and its chunks
+        // start at `slab[class]`.
+        if off < SLAB_SPAN[class] && off % 16 == 0 && h.token.load(Ordering::Relaxed) == t && !cur.is_null() {
+            // SAFETY: `off < SLAB_SPAN[class]`, so `off / 16` is below the
+            // granules of the class's slab, at most MAX_SLAB_GRANULES.
+            let idx = unsafe { *CHUNK_OF[class].get_unchecked(off / 16) };
+            if idx != NO_CHUNK {
+                // SAFETY: heap invariant 2: a slab head in this arena's
+                // metadata, which lives as long as `self`.
+                let s = unsafe { &*cur };
+                let (w, mask) = bit(idx as usize);
+                let ok = s.owner_free(w, mask, || {
+                    // SAFETY: a chunk of this class starts at `ptr`, and it is
+                    // not free, so it is the caller's live block, which it
+                    // gives up; chunks are 16-aligned multiples of 16.
+                    unsafe { wipe_chunk(ptr, CLASS_SIZES[class] as usize) }
+                });
+                h.busy.store(0, Ordering::Release);
+                return ok;
+            }
+        }
+        h.busy.store(0, Ordering::Release);
+        false
+    }
+
+    /// Frees the block at `ptr`, found through the page table.
+    #[inline(never)]
+    fn free_block_located(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
         if layout.size() == 0 {
             return Ok(());
         }

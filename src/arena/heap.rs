@@ -6,7 +6,7 @@
 
 use super::classes::CLASS_COUNT;
 use super::slab::PageMeta;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// `Heap::token` of a heap no thread may use without re-arming it: never
 /// armed, or revoked by a reclaimer.
@@ -21,8 +21,11 @@ pub(crate) const DISARMED: u64 = 0;
 ///    held); a reclaimer disarms it (`revoking` held).
 /// 2. `cur[c]`, when not null, is a slab head of class `c` whose `owner` is
 ///    this slot's thread's token (possibly a dead thread's), written under
-///    class `c`'s lock only.
-/// 3. `busy` is 1 exactly while the owner is in a fast path, between its
+///    class `c`'s lock only. While the heap is armed with token `t`, that
+///    owner is `t` (arming takes over a dead thread's slabs).
+/// 3. `slab[c]` is the address of the first chunk of `cur[c]`'s slab, or 0
+///    when `cur[c]` is null; the two are written together (`set_cur`).
+/// 4. `busy` is 1 exactly while the owner is in a fast path, between its
 ///    load of `token` and its last store to a slab's `local`/`freed`. A
 ///    reclaimer that disarmed the heap, then ran `membarrier`, then saw
 ///    `busy == 0`, knows the owner is out of its fast path until it re-arms.
@@ -33,9 +36,24 @@ pub(crate) struct Heap {
     /// 1 while a thread takes slabs from (or re-arms) this heap.
     pub revoking: AtomicU32,
     pub cur: [AtomicPtr<PageMeta>; CLASS_COUNT],
+    /// Where `cur[c]`'s chunks start: the owner's allocation adds a chunk's
+    /// offset, its free subtracts it, without going through the page table.
+    pub slab: [AtomicUsize; CLASS_COUNT],
 }
 
 impl Heap {
+    /// Makes `cur`, a slab head of `class` whose chunks start at `addr`, or
+    /// none, the heap's current slab of `class` (invariants 2 and 3). Class
+    /// lock held, and the owner out of its fast path.
+    pub(crate) fn set_cur(&self, class: usize, cur: Option<(&PageMeta, usize)>) {
+        let (m, addr) = match cur {
+            Some((m, addr)) => (m as *const PageMeta as *mut PageMeta, addr),
+            None => (core::ptr::null_mut(), 0),
+        };
+        self.slab[class].store(addr, Ordering::Relaxed);
+        self.cur[class].store(m, Ordering::Relaxed);
+    }
+
     /// Takes the `revoking` flag if free.
     pub(crate) fn try_hold(&self) -> bool {
         self.revoking.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()

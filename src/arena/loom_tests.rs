@@ -14,7 +14,7 @@ use loom::thread;
 use super::super::classes::{CLASSES, ClassInfo, WORDS};
 use super::super::heap::{DISARMED, Heap};
 use super::{FREE, PageMeta, SLAB_HEAD, UNOWNED};
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering, heavy_fence, light_fence};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, heavy_fence, light_fence};
 
 /// 2048-byte chunks: two per slab, in bitmap word 0.
 const C2048: usize = 23;
@@ -45,6 +45,7 @@ fn heap(token: u64, cur: &PageMeta) -> Heap {
         busy: AtomicU32::new(0),
         revoking: AtomicU32::new(0),
         cur: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+        slab: core::array::from_fn(|_| AtomicUsize::new(0)),
     };
     h.cur[C2048].store(cur as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
     h
@@ -192,7 +193,7 @@ fn loom_reclaim_never_takes_a_slab_the_owner_allocates_from() {
         assert!(heavy_fence());
         h.wait_not_busy();
         let taken = m.all_free(info()) && {
-            h.cur[C2048].store(core::ptr::null_mut(), Ordering::Relaxed);
+            h.set_cur(C2048, None);
             m.disown(info()) == Ok(true)
         };
         h.unhold();
@@ -221,5 +222,49 @@ fn loom_a_dead_threads_slab_is_taken_with_its_last_frees() {
             assert_eq!(m.disown(info()), Ok(true), "the dead owner's last free was lost");
         }
         owner.join().unwrap();
+    });
+}
+
+/// The owner frees the last live chunk of its current slab (its quickest
+/// free, `SecretArena::free_current`) while a reclaimer disarms the heap
+/// and takes the slab if entirely free: the free lands before the take or
+/// not at all, never in the bitmaps of a slab already given up, and the
+/// chunk is in exactly one bitmap afterwards.
+#[test]
+fn loom_reclaim_never_takes_a_slab_the_owner_frees_into() {
+    loom::model(|| {
+        // Chunk 0 live, chunk 1 free in `local`.
+        let m = Arc::new(slab(T, 2, 0, 0));
+        let h = Arc::new(heap(T, &m));
+        let owner = {
+            let (m, h) = (m.clone(), h.clone());
+            thread::spawn(move || {
+                h.busy.store(1, Ordering::Relaxed);
+                light_fence();
+                let freed = h.token.load(Ordering::Relaxed) == T
+                    && !h.cur[C2048].load(Ordering::Relaxed).is_null()
+                    && m.owner_free(0, 1, || {});
+                h.busy.store(0, Ordering::Release);
+                freed
+            })
+        };
+        assert!(h.try_hold());
+        assert!(h.token.compare_exchange(T, DISARMED, Ordering::Relaxed, Ordering::Relaxed).is_ok());
+        assert!(heavy_fence());
+        h.wait_not_busy();
+        let taken = m.all_free(info()) && {
+            h.set_cur(C2048, None);
+            m.disown(info()) == Ok(true)
+        };
+        h.unhold();
+        let freed = owner.join().unwrap();
+        assert!(!(taken && !freed), "a slab with a live chunk was taken");
+        if taken {
+            assert_eq!(m.owner.load(Ordering::Relaxed), UNOWNED);
+            assert_eq!((m.local[0].load(Ordering::Relaxed), m.freed[0].load(Ordering::Relaxed)), (0, 0));
+            assert_eq!(m.bits[0].load(Ordering::Relaxed), 3, "both chunks free, once");
+        } else if freed {
+            assert_eq!(m.free_mask(0), 3, "the owner's free is in its slab");
+        }
     });
 }

@@ -294,7 +294,7 @@ impl Drop for SecretArena {
         // which happens when the mapping, the file's last user, goes. Wiping
         // it ourselves would fault in pages never touched (~10 µs each, and a
         // permanent split of the kernel's direct map) for nothing.
-        if self.backing == Backing::MlockedMemfd {
+        if self.backing == Backing::MlockedMemfd && self.pages.high_water() > 0 {
             let used = self.pages.high_water() * PAGE;
             // SAFETY: `&mut self` proves no block is borrowed any more, and
             // `base..base + used` is inside the mapping.

@@ -161,7 +161,7 @@ impl SecretArena {
                 if !all && !s.all_free(&CLASSES[class]) {
                     return 0;
                 }
-                slot.store(core::ptr::null_mut(), Ordering::Relaxed);
+                h.set_cur(class, None);
                 let empty = s.all_free(&CLASSES[class]);
                 // A chunk in two bitmaps here was freed twice by two threads
                 // with no allocation between; the merge leaves it free once.

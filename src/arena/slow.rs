@@ -83,7 +83,7 @@ impl SecretArena {
                 }
             }
             // Exhausted, or left over from this slot's dead thread.
-            h.cur[class].store(core::ptr::null_mut(), Ordering::Relaxed);
+            h.set_cur(class, None);
             self.disown_locked(s, class, &mut list)?;
         }
         let unowned_with_room = |m: &PageMeta| m.owner.load(Ordering::Relaxed) == UNOWNED && m.bits_nonempty();
@@ -97,7 +97,7 @@ impl SecretArena {
             return Ok(any.and_then(|m| m.take_shared().map(|i| self.chunk_addr(m, class, i))));
         };
         next.take_ownership(t);
-        h.cur[class].store(next as *const PageMeta as *mut PageMeta, Ordering::Relaxed);
+        h.set_cur(class, Some((next, self.chunk_addr(next, class, 0))));
         Ok(next.take_local().map(|i| self.chunk_addr(next, class, i)))
     }
 
@@ -105,6 +105,17 @@ impl SecretArena {
     /// (any class); waits for a reclaimer that holds the heap.
     fn arm(&self, h: &Heap, slot: usize, t: u64) {
         h.hold();
+        // The current slabs of this slot's dead thread become this thread's
+        // (heap invariant 2): the dead thread never touches them again, and a
+        // reclaimer needs the flag held here, so nobody else reads their
+        // `local` or `freed`. Other threads compare `owner` with their own
+        // token or with UNOWNED, and neither answer changes.
+        for cur in &h.cur {
+            // SAFETY: heap invariant 2: a slab head in this arena's metadata.
+            if let Some(s) = unsafe { cur.load(Ordering::Relaxed).as_ref() } {
+                s.owner.store(t, Ordering::Relaxed);
+            }
+        }
         h.token.store(t, Ordering::Relaxed);
         h.unhold();
         let (w, mask) = (slot / 64, 1u64 << (slot % 64));

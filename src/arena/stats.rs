@@ -251,7 +251,7 @@ impl SecretArena {
                 }
             }
         }
-        Ok(())
+        self.check_heaps()
     }
 }
 
@@ -260,6 +260,34 @@ fn err(what: &'static str, segment: usize, page: usize, detail: usize) -> Invari
 }
 
 impl SecretArena {
+    /// Heap invariants 2 and 3: an armed heap's current slabs are its
+    /// thread's, and `slab` says where their chunks start.
+    fn check_heaps(&self) -> Result<(), InvariantError> {
+        for slot in 0..super::thread::MAX_SLOTS {
+            let h = self.pages.heap(slot);
+            let token = h.token.load(Ordering::Relaxed);
+            for c in 0..CLASS_COUNT {
+                let cur = h.cur[c].load(Ordering::Relaxed);
+                let start = h.slab[c].load(Ordering::Relaxed);
+                // SAFETY: heap invariant 2: a slab head in this arena's metadata.
+                let Some(m) = (unsafe { cur.as_ref() }) else {
+                    if start != 0 {
+                        return Err(err("a heap has a slab address but no current slab", 0, 0, slot));
+                    }
+                    continue;
+                };
+                let page = self.pages.index_of(m);
+                if start != self.page_addr(page) as usize {
+                    return Err(err("a heap's slab address is not its current slab's", 0, page, slot));
+                }
+                if token != super::heap::DISARMED && m.owner.load(Ordering::Relaxed) != token {
+                    return Err(err("an armed heap's current slab belongs to another thread", 0, page, slot));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every page; returns the committed pages.
     fn check_pages(&self, slabs: &mut [usize; CLASS_COUNT]) -> Result<usize, InvariantError> {
         let pages = &self.pages;

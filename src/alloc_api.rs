@@ -12,6 +12,28 @@ use crate::arena::{Misuse, SecretArena};
 use crate::error::{Bytes, Errno, Error, Step};
 use crate::global;
 
+/// `allocate` past the owner's quickest path; out of line, so that path
+/// stays small enough to inline.
+#[inline(never)]
+fn allocate_slow(arena: &SecretArena, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    match arena.alloc_block(layout) {
+        Ok(block) => block.ok_or(AllocError),
+        Err(Misuse::Forked) => forked_child_abort(false),
+        Err(misuse) => panic!("{misuse}"),
+    }
+}
+
+/// `deallocate` past the owner's quickest path: finds the block through
+/// the page table, and panics on misuse.
+#[inline(never)]
+fn deallocate_slow(arena: &SecretArena, ptr: NonNull<u8>, layout: Layout) {
+    match arena.free_block_located(ptr, layout) {
+        Ok(()) => {}
+        Err(Misuse::Forked) => forked_child_abort(false),
+        Err(misuse) => panic!("{misuse}"),
+    }
+}
+
 // SAFETY: (the Allocator contract)
 // - Blocks returned by `allocate` are valid for reads and writes of the
 //   returned length: they are chunks or page runs inside a mapping that
@@ -30,10 +52,9 @@ use crate::global;
 unsafe impl Allocator for SecretArena {
     #[inline]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        match self.alloc_block(layout) {
-            Ok(block) => block.ok_or(AllocError),
-            Err(Misuse::Forked) => forked_child_abort(false),
-            Err(misuse) => panic!("{misuse}"),
+        match self.alloc_fast(layout) {
+            Some(block) => Ok(block),
+            None => allocate_slow(self, layout),
         }
     }
 
@@ -53,10 +74,8 @@ unsafe impl Allocator for SecretArena {
     /// the arena can recover from silently.
     #[inline]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        match self.free_block(ptr, layout) {
-            Ok(()) => {}
-            Err(Misuse::Forked) => forked_child_abort(false),
-            Err(misuse) => panic!("{misuse}"),
+        if !self.free_fast(ptr, layout) {
+            deallocate_slow(self, ptr, layout);
         }
     }
 
@@ -183,6 +202,31 @@ impl SecretGlobalAlloc {
     }
 }
 
+/// `SecretGlobalAlloc::alloc` past the owner's quickest path (and the
+/// first call, which creates the heap); out of line, so that path inlines.
+#[inline(never)]
+fn global_alloc_slow(layout: Layout) -> *mut u8 {
+    match global::heap() {
+        Ok(arena) => match arena.alloc_block(layout) {
+            Ok(Some(b)) => b.as_ptr().cast(),
+            Ok(None) => failed(layout.size(), arena.last_error(), Some(arena)),
+            Err(Misuse::Forked) => forked_child_abort(true),
+            Err(misuse) => abort_with(misuse),
+        },
+        Err(e) => failed(layout.size(), Some(e), None),
+    }
+}
+
+/// `SecretGlobalAlloc::dealloc` past the owner's quickest path.
+#[inline(never)]
+fn global_dealloc_slow(arena: &SecretArena, ptr: NonNull<u8>, layout: Layout) {
+    match arena.free_block_located(ptr, layout) {
+        Ok(()) => {}
+        Err(Misuse::Forked) => forked_child_abort(true),
+        Err(misuse) => abort_with(misuse),
+    }
+}
+
 // SAFETY: (the GlobalAlloc contract)
 // - `alloc` returns null or a block of at least `layout.size()` bytes with
 //   `layout.align()`, from the same arena as every other call;
@@ -193,15 +237,10 @@ impl SecretGlobalAlloc {
 unsafe impl GlobalAlloc for SecretGlobalAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match global::heap() {
-            Ok(arena) => match arena.alloc_block(layout) {
-                Ok(Some(b)) => b.as_ptr().cast(),
-                Ok(None) => failed(layout.size(), arena.last_error(), Some(arena)),
-                Err(Misuse::Forked) => forked_child_abort(true),
-                Err(misuse) => abort_with(misuse),
-            },
-            Err(e) => failed(layout.size(), Some(e), None),
+        if let Some(b) = global::existing_heap().and_then(|arena| arena.alloc_fast(layout)) {
+            return b.as_ptr().cast();
         }
+        global_alloc_slow(layout)
     }
 
     /// Same as `alloc`: free memory in the arena is always zero.
@@ -217,10 +256,8 @@ unsafe impl GlobalAlloc for SecretGlobalAlloc {
         let Some(arena) = global::existing_heap() else {
             abort_with(Misuse::Foreign(ptr.as_ptr() as usize));
         };
-        match arena.free_block(ptr, layout) {
-            Ok(()) => {}
-            Err(Misuse::Forked) => forked_child_abort(true),
-            Err(misuse) => abort_with(misuse),
+        if !arena.free_fast(ptr, layout) {
+            global_dealloc_slow(arena, ptr, layout);
         }
     }
 

@@ -140,6 +140,7 @@ fn first_and_max(avail: Option<usize>, page: usize) -> (usize, usize) {
 }
 
 /// The default arena if it exists already.
+#[inline]
 pub(crate) fn existing() -> Option<&'static SecretArena> {
     GLOBAL.get()
 }
@@ -159,6 +160,7 @@ fn create_heap() -> Result<&'static SecretArena, Error> {
 }
 
 /// The global allocator's heap if it exists already.
+#[inline]
 pub(crate) fn existing_heap() -> Option<&'static SecretArena> {
     HEAP.get()
 }

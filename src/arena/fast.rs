@@ -15,6 +15,53 @@ use crate::sync::{Ordering, light_fence};
 use crate::wipe::wipe_chunk;
 
 impl SecretArena {
+    /// The quickest allocation: a chunk of the owner's current slab of the
+    /// layout's class, with no refill. `None` sends the caller to
+    /// [`alloc_block`](Self::alloc_block), which does everything else.
+    /// Small enough to inline into every caller.
+    #[inline(always)]
+    pub(crate) fn alloc_fast(&self, layout: Layout) -> Option<NonNull<[u8]>> {
+        let class = small_class(layout.size(), layout.align())?;
+        let t = thread::token();
+        let h = self.pages.heap(thread::slot_of(t));
+        h.busy.store(1, Ordering::Relaxed);
+        light_fence();
+        let cur = h.cur[class].load(Ordering::Relaxed);
+        if h.token.load(Ordering::Relaxed) == t && !cur.is_null() {
+            // SAFETY: heap invariant 2: a slab head in this arena's metadata,
+            // which lives as long as `self`.
+            let s = unsafe { &*cur };
+            let got = match s.take_local() {
+                Some(i) => Some(i),
+                None => s.refill_own(),
+            };
+            if let Some(i) = got {
+                // Heap invariant 3: `slab[class]` is where `cur`'s chunks
+                // start. Read before `busy` drops: after that a reclaimer
+                // may give the slab up and clear it.
+                let p = h.slab[class].load(Ordering::Relaxed) + i * CLASS_SIZES[class] as usize;
+                h.busy.store(0, Ordering::Release);
+                // SAFETY: a chunk address inside the mapping, never null.
+                let p = unsafe { NonNull::new_unchecked(p as *mut u8) };
+                return Some(NonNull::slice_from_raw_parts(p, CLASS_SIZES[class] as usize));
+            }
+        }
+        h.busy.store(0, Ordering::Release);
+        None
+    }
+
+    /// The quickest free (`free_current`): whether it freed `ptr`; `false`
+    /// sends the caller to [`free_block_located`](Self::free_block_located),
+    /// which frees anything else and reports misuse. Small enough to
+    /// inline into every caller.
+    #[inline(always)]
+    pub(crate) fn free_fast(&self, ptr: NonNull<u8>, layout: Layout) -> bool {
+        match small_class(layout.size(), layout.align()) {
+            Some(class) => self.free_current(ptr.as_ptr(), class),
+            None => false,
+        }
+    }
+
     /// Allocates a block for `layout`. `Ok(None)` when the arena is full;
     /// `Err` when a refill found a chunk freed twice (by two threads).
     #[inline]
@@ -75,12 +122,12 @@ impl SecretArena {
                     Err(i) => Err(i),
                 },
             };
+            // Heap invariant 3: `slab[class]` is where `cur`'s chunks start.
+            // Read before `busy` drops, as in `alloc_fast`.
+            let start = h.slab[class].load(Ordering::Relaxed);
             h.busy.store(0, Ordering::Release);
             match got {
-                // Heap invariant 3: `slab[class]` is where `cur`'s chunks start.
-                Ok(Some(i)) => {
-                    return Ok(Some(h.slab[class].load(Ordering::Relaxed) + i * CLASS_SIZES[class] as usize));
-                }
+                Ok(Some(i)) => return Ok(Some(start + i * CLASS_SIZES[class] as usize)),
                 Err(i) => return Err(Misuse::NotAllocated(self.chunk_addr(s, class, i))),
                 Ok(None) => {}
             }
@@ -147,10 +194,8 @@ impl SecretArena {
     /// Wipes and frees the block at `ptr`.
     #[inline]
     pub(crate) fn free_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
-        if let Some(class) = small_class(layout.size(), layout.align()) {
-            if self.free_current(ptr.as_ptr(), class) {
-                return Ok(());
-            }
+        if self.free_fast(ptr, layout) {
+            return Ok(());
         }
         self.free_block_located(ptr, layout)
     }
@@ -203,7 +248,7 @@ impl SecretArena {
 
     /// Frees the block at `ptr`, found through the page table.
     #[inline(never)]
-    fn free_block_located(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
+    pub(crate) fn free_block_located(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), Misuse> {
         if layout.size() == 0 {
             return Ok(());
         }

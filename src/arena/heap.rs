@@ -25,8 +25,9 @@ pub(crate) const DISARMED: u64 = 0;
 ///    owner is `t` (arming takes over a dead thread's slabs).
 /// 3. `slab[c]` is the address of the first chunk of `cur[c]`'s slab, or 0
 ///    when `cur[c]` is null; the two are written together (`set_cur`).
-/// 4. `busy` is 1 exactly while the owner is in a fast path, between its
-///    load of `token` and its last store to a slab's `local`/`freed`. A
+/// 4. `busy` is 1 exactly while the owner is in a fast path, from before
+///    its load of `token` until after its last access to `cur`, `slab` and
+///    the slab's `local`/`freed`. A
 ///    reclaimer that disarmed the heap, then ran `membarrier`, then saw
 ///    `busy == 0`, knows the owner is out of its fast path until it re-arms.
 #[repr(C, align(64))]

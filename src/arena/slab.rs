@@ -117,6 +117,29 @@ impl PageMeta {
         true
     }
 
+    /// Owner only, `local` empty: the refill when no other thread freed
+    /// into the slab (`bits` empty, so there is no overlap to report), made
+    /// without atomics; then takes a chunk as [`take_local`](Self::take_local).
+    /// `None` if `bits` has chunks or `freed` has none: the full
+    /// [`refill`](Self::refill) decides.
+    #[inline(never)]
+    pub(crate) fn refill_own(&self) -> Option<usize> {
+        if self.bits.iter().any(|b| b.load(Ordering::Relaxed) != 0) {
+            return None;
+        }
+        let mut any = 0;
+        for w in 0..WORDS {
+            let f = self.freed[w].load(Ordering::Relaxed);
+            self.local[w].store(f, Ordering::Relaxed);
+            self.freed[w].store(0, Ordering::Relaxed);
+            any |= f;
+        }
+        if any == 0 {
+            return None;
+        }
+        self.take_local()
+    }
+
     /// Owner only: `local |= freed | bits`, emptying `freed` and `bits`.
     /// `Ok(true)` if `local` has a chunk now. `Err(idx)`: chunk `idx` was in
     /// `bits` and in `local | freed`, a cross-thread double free (the

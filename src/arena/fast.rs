@@ -3,7 +3,16 @@
 //! A thread allocates from, and frees into, the slabs it owns with plain
 //! loads and stores (`slab`), between two stores to its heap's `busy` flag
 //! that let a reclaimer know when it is safe to take a slab (`reclaim`).
-//! Everything else goes to `slow`.
+//!
+//! Three tiers:
+//!
+//! - `alloc_fast` / `free_fast`: the owner's current slab of the layout's
+//!   class, found from the heap alone. These are what `Allocator` and
+//!   `GlobalAlloc` inline; they decline (`None`, `false`) rather than report.
+//! - `alloc_block` / `free_block_located`: any block, found through the page
+//!   table (`locate`), with every misuse reported as a [`Misuse`].
+//! - Everything else goes to `slow` (refills that meet other threads' frees,
+//!   slab changes, remote frees, shared path) and `runs` (page runs).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;

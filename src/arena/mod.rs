@@ -7,7 +7,10 @@
 //!   [size class](classes). Each thread has a heap per arena ([`heap`]) with
 //!   a current slab per class, which it *owns*: it allocates and frees
 //!   there with plain loads and stores on out-of-band bitmaps ([`slab`],
-//!   [`fast`]). Other threads free into the slab's atomic `bits`. Only when
+//!   [`fast`]). The heap records where each current slab's chunks start, so
+//!   the owner's allocation adds an offset and its free of a chunk of that
+//!   slab subtracts one, without reading the page table. Other threads
+//!   free into the slab's atomic `bits`. Only when
 //!   its slab is exhausted does the owner take its class's lock, to give the
 //!   slab up and take an unowned one with room, or carve a new one
 //!   ([`slow`]).

@@ -103,7 +103,7 @@ pub(crate) unsafe fn wipe_chunk(ptr: *mut u8, len: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::wipe;
+    use super::{wipe, wipe_chunk};
 
     #[test]
     fn wipes_exactly_the_range() {
@@ -116,6 +116,26 @@ mod tests {
                     let inside = i >= start && i < start + len;
                     assert_eq!(b, if inside { 0 } else { 0xAA }, "start {start} len {len} byte {i}");
                 }
+            }
+        }
+    }
+    /// Every chunk size of every class and run length up to 8 KiB, on both
+    /// sides of the inline and memset paths: exactly the chunk, nothing around it.
+    #[test]
+    fn wipe_chunk_zeroes_the_chunk_and_nothing_else() {
+        #[repr(C, align(64))]
+        struct Buf([u8; 8192 + 128]);
+        let mut buf = Buf([0xAA; 8192 + 128]);
+        for start in [0usize, 16, 32, 48] {
+            for len in (16..=8192).step_by(16) {
+                buf.0.fill(0xAA);
+                // SAFETY: 64 + start + len <= 64 + 48 + 8192, inside `buf`;
+                // the chunk is 16-aligned and a multiple of 16.
+                unsafe { wipe_chunk(buf.0.as_mut_ptr().add(64 + start), len) };
+                let (from, to) = (64 + start, 64 + start + len);
+                assert!(buf.0[from..to].iter().all(|&b| b == 0), "start {start} len {len}: not all zero");
+                assert!(buf.0[..from].iter().all(|&b| b == 0xAA), "start {start} len {len}: wrote before");
+                assert!(buf.0[to..].iter().all(|&b| b == 0xAA), "start {start} len {len}: wrote after");
             }
         }
     }

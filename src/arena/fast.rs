@@ -10,9 +10,10 @@
 //!   class, found from the heap alone. These are what `Allocator` and
 //!   `GlobalAlloc` inline; they decline (`None`, `false`) rather than report.
 //! - `alloc_block` / `free_block_located`: any block, found through the page
-//!   table (`locate`), with every misuse reported as a [`Misuse`].
-//! - Everything else goes to `slow` (refills that meet other threads' frees,
-//!   slab changes, remote frees, shared path) and `runs` (page runs).
+//!   table (`locate`), with every misuse reported as a [`Misuse`]; the full
+//!   refill that merges other threads' frees (`alloc_chunk`).
+//! - Everything else goes to `slow` (slab changes, remote frees, the shared
+//!   path) and `runs` (page runs).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -25,7 +26,8 @@ use crate::wipe::wipe_chunk;
 
 impl SecretArena {
     /// The quickest allocation: a chunk of the owner's current slab of the
-    /// layout's class, with no refill. `None` sends the caller to
+    /// layout's class, refilled from `freed` only when no other thread freed
+    /// into the slab (`refill_own`). `None` sends the caller to
     /// [`alloc_block`](Self::alloc_block), which does everything else.
     /// Small enough to inline into every caller.
     #[inline(always)]

@@ -268,3 +268,85 @@ fn loom_reclaim_never_takes_a_slab_the_owner_frees_into() {
         }
     });
 }
+
+/// The owner's fast allocation, as in `SecretArena::alloc_fast`.
+fn owner_alloc(h: &Heap, m: &PageMeta) -> Option<usize> {
+    h.busy.store(1, Ordering::Relaxed);
+    light_fence();
+    let got = if h.token.load(Ordering::Relaxed) == T && !h.cur[C2048].load(Ordering::Relaxed).is_null() {
+        m.take_local()
+    } else {
+        None
+    };
+    h.busy.store(0, Ordering::Release);
+    got
+}
+
+/// `SecretArena::reclaim`'s pass over a heap it read as quiescent (the
+/// token `t` read before taking the flag; the owner is alive and not the
+/// caller): whether it took the slab.
+fn quiescent_pass(h: &Heap, m: &PageMeta, t: u64) -> bool {
+    if t != DISARMED || !h.try_hold() {
+        return false;
+    }
+    let mut taken = false;
+    // Decided again under the flag, as `reclaim` does.
+    if h.token.load(Ordering::Relaxed) == DISARMED {
+        h.set_cur(C2048, None);
+        taken = m.disown(info()).is_ok();
+    }
+    h.unhold();
+    taken
+}
+
+/// A heap left disarmed is re-armed by its owner (from a slow path, under
+/// the flag) between a reclaimer's read of the token and its `try_hold`:
+/// the reclaimer must then leave the heap alone, not take the slab the
+/// owner is allocating from (found in review).
+#[test]
+fn loom_a_heap_rearmed_after_the_quiescent_read_is_left_alone() {
+    loom::model(|| {
+        let m = Arc::new(slab(T, 3, 0, 0));
+        let h = Arc::new(heap(DISARMED, &m));
+        let owner = {
+            let (m, h) = (m.clone(), h.clone());
+            thread::spawn(move || {
+                // SecretArena::arm.
+                h.hold();
+                h.token.store(T, Ordering::Relaxed);
+                h.unhold();
+                owner_alloc(&h, &m)
+            })
+        };
+        let t = h.token.load(Ordering::Acquire);
+        let taken = quiescent_pass(&h, &m, t);
+        let got = owner.join().unwrap();
+        assert!(!(taken && got.is_some()), "the slab was taken while the re-armed owner allocated chunk {got:?}");
+    });
+}
+
+/// Where `membarrier` fails, a reclaimer that disarmed a heap cannot know
+/// the owner left its fast path, so it re-arms the heap before giving the
+/// flag back; a later pass that reads the heap as disarmed would otherwise
+/// take the slab from under the owner (found in review).
+#[test]
+fn loom_a_revoke_without_a_barrier_leaves_the_heap_armed() {
+    loom::model(|| {
+        let m = Arc::new(slab(T, 3, 0, 0));
+        let h = Arc::new(heap(T, &m));
+        let owner = {
+            let (m, h) = (m.clone(), h.clone());
+            thread::spawn(move || owner_alloc(&h, &m))
+        };
+        // The idle step, with `heavy_fence` failing.
+        assert!(h.try_hold());
+        assert!(h.token.compare_exchange(T, DISARMED, Ordering::Relaxed, Ordering::Relaxed).is_ok());
+        h.token.store(T, Ordering::Relaxed);
+        h.unhold();
+        // A later reclaim.
+        let t = h.token.load(Ordering::Acquire);
+        let taken = quiescent_pass(&h, &m, t);
+        let got = owner.join().unwrap();
+        assert!(!(taken && got.is_some()), "the slab was taken while the owner allocated chunk {got:?}");
+    });
+}

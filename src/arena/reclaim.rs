@@ -54,7 +54,8 @@ impl SecretArena {
         }
         let me = thread::token();
         let idle_ok = if force_idle { thread::membarrier_usable() } else { self.idle_reclaim_due() };
-        let mut revoked = [0u16; MAX_SLOTS];
+        // Tokens of the heaps disarmed below (a token names its slot).
+        let mut revoked = [0u64; MAX_SLOTS];
         let mut n_revoked = 0;
         for (w, word) in self.armed.iter().enumerate() {
             let mut bits = word.load(Ordering::Relaxed);
@@ -67,19 +68,26 @@ impl SecretArena {
                 let quiescent = t == DISARMED || !thread::is_alive(t) || mine;
                 if quiescent {
                     // Disarmed heaps are quiescent too: whoever disarmed it
-                    // waited for `busy` before giving the flag back.
+                    // waited for `busy` before giving the flag back (or
+                    // re-armed it, below, when it could not).
                     if h.try_hold() {
+                        // Decided again under the flag: between the read above
+                        // and `try_hold`, a disarmed heap's live owner may have
+                        // re-armed it and be in its fast path now. Such a heap
+                        // is left to the idle step, which disarms and waits.
                         let t = h.token.load(Ordering::Relaxed);
                         let dead = t != DISARMED && !thread::is_alive(t);
-                        if dead {
-                            h.token.store(DISARMED, Ordering::Relaxed);
+                        if t == DISARMED || dead || mine {
+                            if dead {
+                                h.token.store(DISARMED, Ordering::Relaxed);
+                            }
+                            released += self.take_slabs(h, &mut held, dead || t == DISARMED);
                         }
-                        released += self.take_slabs(h, &mut held, dead || t == DISARMED);
                         h.unhold();
                     }
                 } else if idle_ok && self.has_empty_slab(h) && h.try_hold() {
                     if h.token.compare_exchange(t, DISARMED, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                        revoked[n_revoked] = slot as u16;
+                        revoked[n_revoked] = t;
                         n_revoked += 1;
                     } else {
                         h.unhold();
@@ -89,11 +97,16 @@ impl SecretArena {
         }
         if n_revoked > 0 {
             let fenced = heavy_fence();
-            for &slot in &revoked[..n_revoked] {
-                let h = self.pages.heap(slot as usize);
+            for &t in &revoked[..n_revoked] {
+                let h = self.pages.heap(thread::slot_of(t));
                 if fenced {
                     h.wait_not_busy();
                     released += self.take_slabs(h, &mut held, false);
+                } else {
+                    // No barrier, so no proof the owner is out of its fast
+                    // path: re-arm the heap as it was, rather than leave it
+                    // disarmed, which others take for quiescent.
+                    h.token.store(t, Ordering::Relaxed);
                 }
                 h.unhold();
             }

@@ -6,13 +6,8 @@
 //! the page stays readable; `read_volatile` keeps the compiler from
 //! reasoning about the freed allocation.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
-
 use zeroize::Zeroize;
 
-use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{DefaultArena, ExposeSecret, ExposeSecretMut, SecretArena, SecretBox, SecretString, SecretVec};
 
 mod common;
@@ -123,41 +118,9 @@ fn string_source_is_zeroized() {
     assert_eq!(unsafe { read_bytes(at, cap) }, vec![0; cap]);
 }
 
-/// An allocator over `System` that records the contents of every block it
-/// frees: SecretBox must wipe `T` itself, whatever the allocator.
-#[derive(Clone, Default)]
-struct Recording {
-    freed: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-// SAFETY: blocks come from `System` with the requested layout and go back to
-// it with the same layout; recording only reads the block before freeing.
-unsafe impl Allocator for Recording {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        assert!(layout.size() > 0, "this test allocator does not do zero-size blocks");
-        // SAFETY: non-zero size, checked above.
-        let ptr = NonNull::new(unsafe { System.alloc(layout) }).ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller hands back a live block of `layout.size()` bytes.
-        let contents = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), layout.size()) }.to_vec();
-        self.freed.lock().unwrap().push(contents);
-        // SAFETY: allocated by `System` with this layout.
-        unsafe { System.dealloc(ptr.as_ptr(), layout) }
-    }
-}
-
-impl Recording {
-    fn freed(&self) -> Vec<Vec<u8>> {
-        self.freed.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn box_zeroizes_with_any_allocator() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let key = SecretBox::new_in([PATTERN; 64], rec.clone());
     drop(key);
     let slice = SecretBox::from_slice_in(&[PATTERN; 100], rec.clone());
@@ -184,7 +147,7 @@ impl Zeroize for Tagged {
 
 #[test]
 fn box_zeroizes_and_drops_a_type_with_drop_glue() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let key = SecretBox::new_in(Tagged { key: [PATTERN; 48], label: String::from("signing key") }, rec.clone());
     drop(key);
     let freed = rec.freed();
@@ -199,7 +162,7 @@ fn box_zeroizes_and_drops_a_type_with_drop_glue() {
 
 #[test]
 fn vec_growth_wipes_old_blocks_with_any_allocator() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let mut v = SecretVec::new_in(rec.clone());
     for _ in 0..1000 {
         v.push(PATTERN);

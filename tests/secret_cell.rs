@@ -1,12 +1,9 @@
 //! `SecretCell<T>`: any `T` in secret memory; after drop its bytes are zero,
 //! whatever `T` does about it and whatever the allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use secret_arena::allocator_api2::alloc::{AllocError, Allocator};
 use secret_arena::{ExposeSecret, ExposeSecretMut, SecretArena, SecretCell};
 
 mod common;
@@ -22,31 +19,6 @@ fn with_arena(case: &str, f: impl FnOnce(&SecretArena)) {
     match SecretArena::new(16 << 10) {
         Ok(arena) => f(&arena),
         Err(e) => common::skip(case, &format!("no 16 KiB arena: {e}")),
-    }
-}
-
-/// Records the contents of every block at the moment it is freed.
-#[derive(Clone, Default)]
-struct Recording {
-    freed: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-// SAFETY: blocks come from `System` with the requested layout and go back to
-// it with the same layout; recording only reads the block before freeing.
-unsafe impl Allocator for Recording {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        assert!(layout.size() > 0, "this test allocator does not do zero-size blocks");
-        // SAFETY: non-zero size, checked above.
-        let ptr = NonNull::new(unsafe { System.alloc(layout) }).ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: the caller hands back a live block of `layout.size()` bytes.
-        let contents = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), layout.size()) }.to_vec();
-        self.freed.lock().unwrap().push(contents);
-        // SAFETY: allocated by `System` with this layout.
-        unsafe { System.dealloc(ptr.as_ptr(), layout) }
     }
 }
 
@@ -67,11 +39,11 @@ fn schedule() -> Schedule {
 
 #[test]
 fn bytes_are_zero_after_drop_with_any_allocator() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let cell = SecretCell::init_with_in(schedule, rec.clone());
     assert_eq!(cell.expose_secret().rounds[14], u32::from_ne_bytes([PATTERN; 4]));
     drop(cell);
-    let freed = rec.freed.lock().unwrap().clone();
+    let freed = rec.freed();
     assert_eq!(freed.len(), 1);
     assert_eq!(freed[0].len(), size_of::<Schedule>());
     assert!(freed[0].iter().all(|&b| b == 0), "freed block still holds {:02x?}", freed[0]);
@@ -110,13 +82,13 @@ impl Drop for Counted<'_> {
 
 #[test]
 fn own_drop_runs_once_then_the_bytes_are_wiped() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let drops = Cell::new(0);
     let mut cell = SecretCell::new_in(Counted { key: [PATTERN; 40], drops: &drops }, rec.clone());
     cell.expose_secret_mut().key[0] = 1;
     drop(cell);
     assert_eq!(drops.get(), 1);
-    let freed = rec.freed.lock().unwrap().clone();
+    let freed = rec.freed();
     assert!(freed[0].iter().all(|&b| b == 0));
 }
 
@@ -131,11 +103,11 @@ impl Drop for PanicsOnDrop {
 
 #[test]
 fn memory_is_wiped_and_freed_when_drop_panics() {
-    let rec = Recording::default();
+    let rec = common::Recording::default();
     let cell = SecretCell::new_in(PanicsOnDrop([PATTERN; 64]), rec.clone());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(cell)));
     assert!(r.is_err());
-    let freed = rec.freed.lock().unwrap().clone();
+    let freed = rec.freed();
     assert_eq!(freed.len(), 1, "the block was leaked");
     assert!(freed[0].iter().all(|&b| b == 0));
 }
@@ -164,6 +136,6 @@ fn debug_is_redacted_and_send_sync_follow_t() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<SecretCell<[u8; 32]>>();
     send_sync::<SecretCell<u64, &SecretArena>>();
-    let k = SecretCell::new_in(0xAAu8, Recording::default());
+    let k = SecretCell::new_in(0xAAu8, common::Recording::default());
     assert_eq!(format!("{k:?}"), "SecretCell<u8>([REDACTED])");
 }

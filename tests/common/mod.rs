@@ -690,3 +690,39 @@ pub fn skipped_under_a_sanitizer(case: &str) -> bool {
     }
     false
 }
+
+/// An allocator over `System` that records the contents of every block it
+/// frees: for tests that a secret type wipes its value itself, whatever the
+/// allocator.
+#[derive(Clone, Default)]
+pub struct Recording {
+    freed: std::sync::Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recording {
+    /// The contents of every block freed so far, in order.
+    pub fn freed(&self) -> Vec<Vec<u8>> {
+        self.freed.lock().unwrap().clone()
+    }
+}
+
+// SAFETY: blocks come from `System` with the requested layout and go back to
+// it with the same layout; recording only reads the block before freeing.
+unsafe impl Allocator for Recording {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        use std::alloc::GlobalAlloc as _;
+        assert!(layout.size() > 0, "this test allocator does not do zero-size blocks");
+        // SAFETY: non-zero size, checked above.
+        let ptr = NonNull::new(unsafe { std::alloc::System.alloc(layout) }).ok_or(allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        use std::alloc::GlobalAlloc as _;
+        // SAFETY: the caller hands back a live block of `layout.size()` bytes.
+        let contents = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), layout.size()) }.to_vec();
+        self.freed.lock().unwrap().push(contents);
+        // SAFETY: allocated by `System` with this layout.
+        unsafe { std::alloc::System.dealloc(ptr.as_ptr(), layout) }
+    }
+}
